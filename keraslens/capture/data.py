@@ -1,0 +1,136 @@
+"""Turning what users pass as data into batches of model inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keraslens.errors import KeraslensError
+
+
+def _is_array(value: Any) -> bool:
+    return isinstance(value, np.ndarray) or tf.is_tensor(value)
+
+
+def _length(structure: Any) -> int:
+    lengths = {int(np.shape(a)[0]) if np.ndim(a) else 0 for a in tf.nest.flatten(structure)}
+    if len(lengths) != 1:
+        raise KeraslensError(
+            f"The input arrays have different numbers of samples {sorted(lengths)}; "
+            "give every input the same number of samples."
+        )
+    return lengths.pop()
+
+
+def _x_of(element: Any) -> Any:
+    """Keras' convention: a dataset element is `x` or `(x, y[, sample_weight])`."""
+    if isinstance(element, (tuple, list)) and 1 <= len(element) <= 3:
+        return element[0]
+    return element
+
+
+def iterate_batches(
+    data: Any, batch_size: int, input_rank: int | None = None
+) -> tuple[Iterator[Any], int | None]:
+    """Yield batches of model inputs from `data`; also return the sample count if known.
+
+    `data` may be a NumPy array (or tensor), a tuple/list/dict of arrays for a
+    multi-input model, a `tf.data.Dataset` (batched or not; elements `x` or
+    `(x, y[, w])`) or a `keras.utils.PyDataset`. `input_rank` (with batch axis)
+    tells an unbatched dataset from a batched one.
+    """
+    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+        raise KeraslensError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    if isinstance(data, tf.data.Dataset):
+        return _from_dataset(data, batch_size, input_rank), None
+    if isinstance(data, keras.utils.PyDataset):
+        return (_x_of(data[i]) for i in range(len(data))), None
+    structure = _arrays(data)
+    n = _length(structure)
+
+    def batches() -> Iterator[Any]:
+        for start in range(0, n, batch_size):
+            yield tf.nest.map_structure(lambda a: a[start : start + batch_size], structure)
+
+    return batches(), n
+
+
+def _arrays(data: Any) -> Any:
+    if _is_array(data):
+        return data
+    if isinstance(data, Mapping) and data and all(_is_array(v) for v in data.values()):
+        return dict(data)
+    if isinstance(data, (tuple, list)) and data and all(_is_array(v) for v in data):
+        return tuple(data)
+    if data is None:
+        raise KeraslensError("No data given: pass a NumPy array, a tf.data.Dataset or a PyDataset.")
+    raise KeraslensError(
+        f"Cannot read data of type {type(data).__name__}: pass a NumPy array, a tuple or "
+        "dict of arrays (one per model input), a tf.data.Dataset or a keras.utils.PyDataset."
+    )
+
+
+def _from_dataset(dataset: tf.data.Dataset, batch_size: int, input_rank: int | None):
+    spec = tf.nest.flatten(_x_of(dataset.element_spec))[0]
+    # Keras' fit/predict take batched datasets; an element one rank short of the
+    # model's input is a single sample, so batch it here.
+    if input_rank is not None and spec.shape.rank == input_rank - 1:
+        dataset = dataset.batch(batch_size)
+    for element in dataset:
+        yield _x_of(element)
+
+
+def check_inputs(model: keras.Model, batch: Any) -> None:
+    """Raise a clear error when a batch does not fit the model's declared inputs."""
+    declared = _declared_inputs(model)
+    given = tf.nest.flatten(batch)
+    for tensor in given:
+        dtype = tf.as_dtype(tensor.dtype)
+        if not (dtype.is_floating or dtype.is_integer or dtype.is_bool):
+            raise KeraslensError(
+                f"Input data has dtype {dtype.name}; the model needs numbers (float32)."
+            )
+    if declared is None:
+        return
+    if len(declared) != len(given):
+        raise KeraslensError(
+            f"Model {model.name!r} takes {len(declared)} input(s) "
+            f"({', '.join(_shape_text(s) for _, s in declared)}), got {len(given)}."
+        )
+    for (name, expected), tensor in zip(declared, _ordered(model, batch), strict=False):
+        actual = tuple(tensor.shape[1:])
+        wanted = tuple(expected[1:])
+        fits = len(actual) == len(wanted) and all(
+            w is None or a == w for a, w in zip(actual, wanted, strict=True)
+        )
+        if not fits:
+            raise KeraslensError(
+                f"Input {name!r} expects shape {_shape_text(expected)}, got data of shape "
+                f"{_shape_text((None, *actual))} (batch first). Reshape the data to match."
+            )
+
+
+def _declared_inputs(model: keras.Model) -> list[tuple[str, tuple]] | None:
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        return None
+    if not inputs:
+        return None
+    return [(getattr(t, "name", "input"), tuple(t.shape)) for t in inputs]
+
+
+def _ordered(model: keras.Model, batch: Any) -> list[Any]:
+    if isinstance(batch, Mapping):
+        names = [getattr(t, "name", None) for t in model.inputs]
+        if all(name in batch for name in names):
+            return [batch[name] for name in names]
+    return tf.nest.flatten(batch)
+
+
+def _shape_text(shape: tuple) -> str:
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"

@@ -1,0 +1,257 @@
+"""`Lens`: wrap a Keras model and stream per-unit statistics of its layers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keraslens.capture import reduce
+from keraslens.capture.activations import identify
+from keraslens.capture.data import check_inputs, iterate_batches
+from keraslens.capture.intercept import record_calls
+from keraslens.capture.stats import LayerStats
+from keraslens.capture.traversal import LayerSelector, select
+from keraslens.errors import KeraslensError
+
+Progress = Callable[[int, "int | None"], None]
+
+_fused_batch_stats = tf.function(reduce.batch_stats, jit_compile=True)
+
+
+@dataclass(frozen=True)
+class CallSite:
+    """One call of a captured layer in the forward pass."""
+
+    key: str
+    path: str
+    layer: keras.layers.Layer
+    activation: str | None
+    bounds: tuple[float, float] | None
+    shape: tuple[int | None, ...]
+    units: int
+
+
+class Lens:
+    """Capture per-unit statistics of a Keras model's layers, without modifying it.
+
+    Works on Sequential, Functional, nested, multi-input/output and subclassed
+    models: it records layer outputs by intercepting layer calls while the model
+    runs in inference mode, and reduces them inside one compiled function, so
+    memory is bounded by the number of units, not by the number of samples.
+
+    Args:
+        model: a Keras 3 model (built, or buildable from the first batch).
+        layers: which layers to capture: None (every layer that computes
+            something), or names, paths (`"encoder/conv1"`), globs, layer
+            classes or predicates, alone or in a list.
+        epsilon: distance from an activation's bound (on its output scale) that
+            counts as "at the bound".
+        histogram_samples: how many samples of each batch feed the layer
+            histogram (None: all). The other statistics always use every sample.
+
+    Example:
+
+    ```python
+    lens = keraslens.Lens(model, layers="conv*")
+    stats = lens.capture(x_val, batch_size=256)
+    stats["conv1"].firing_rate
+    ```
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        layers: LayerSelector | Iterable[LayerSelector] | None = None,
+        *,
+        epsilon: float = 0.01,
+        histogram_samples: int | None = None,
+    ) -> None:
+        if not isinstance(model, keras.layers.Layer):
+            raise KeraslensError(
+                f"Lens needs a Keras model, got {type(model).__name__}. Load it with "
+                "keras.saving.load_model first."
+            )
+        if not (isinstance(epsilon, (int, float)) and 0 <= epsilon < 1):
+            raise KeraslensError(f"epsilon must be a number in [0, 1), got {epsilon!r}.")
+        if histogram_samples is not None and (
+            not isinstance(histogram_samples, int) or histogram_samples < 1
+        ):
+            raise KeraslensError(
+                f"histogram_samples must be None or a positive integer, got {histogram_samples!r}."
+            )
+        self.model = model
+        self.epsilon = float(epsilon)
+        self.histogram_samples = histogram_samples
+        self.layers = select(model, layers)
+        self.sites: list[CallSite] = []
+        self._stats_step = tf.function(self._forward_stats)
+        self._activations_step = tf.function(self._forward_activations)
+
+    @property
+    def paths(self) -> list[str]:
+        """Paths of the selected layers, in model order."""
+        return [path for path, _ in self.layers]
+
+    def capture(
+        self,
+        data: Any,
+        batch_size: int = 256,
+        *,
+        progress: Progress | None = None,
+    ) -> dict[str, LayerStats]:
+        """Run the model over `data` in inference mode and return statistics per call site.
+
+        Args:
+            data: NumPy array, tuple/dict of arrays, `tf.data.Dataset` or `PyDataset`.
+            batch_size: samples per step for array data (datasets keep their batching).
+            progress: called as `progress(samples_done, total_or_None)` after each batch.
+
+        Returns:
+            A dict from layer path (`path@i` for the i-th call of a shared layer)
+            to `LayerStats`, in model order.
+        """
+        batches, total = iterate_batches(data, batch_size, self._input_rank())
+        stats: dict[str, LayerStats] = {}
+        done = 0
+        for batch in batches:
+            batch = self._prepare(batch)
+            outputs = self._stats_step(batch)
+            size = int(tf.nest.flatten(batch)[0].shape[0])
+            for site in self.sites:
+                part = _batch_layer_stats(site, outputs[site.key], size, self.epsilon)
+                stats[site.key] = stats[site.key].merge(part) if site.key in stats else part
+            done += size
+            if progress is not None:
+                progress(done, total)
+        if done == 0:
+            raise KeraslensError("The data is empty: there are no samples to capture.")
+        return stats
+
+    def activations(self, x: Any) -> dict[str, np.ndarray]:
+        """Raw activations of a small batch, as a dict from call-site key to array.
+
+        Meant for a few samples (per-sample maps); use `capture` for statistics.
+        """
+        batch = self._prepare(next(iter(iterate_batches(x, 1 << 30, self._input_rank())[0])))
+        recorded = self._activations_step(batch)
+        return {key: value.numpy() for key, value in recorded.items()}
+
+    def _input_rank(self) -> int | None:
+        try:
+            inputs = self.model.inputs
+        except (AttributeError, ValueError):
+            return None
+        return len(inputs[0].shape) if inputs else None
+
+    def _prepare(self, batch: Any) -> Any:
+        check_inputs(self.model, batch)
+        batch = tf.nest.map_structure(_as_input_tensor, batch)
+        if not self.model.built:
+            self._run_eagerly_once(tf.nest.map_structure(lambda t: t[:1], batch))
+        return batch
+
+    def _run_eagerly_once(self, batch: Any) -> None:
+        try:
+            self.model(batch, training=False)
+        except Exception as error:  # Keras raises many types for a bad input; name it once.
+            shapes = [tuple(t.shape) for t in tf.nest.flatten(batch)]
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            raise KeraslensError(
+                f"Model {self.model.name!r} could not run on inputs of shape {shapes}: "
+                f"{first_line}"
+            ) from error
+
+    def _record(self, x: Any) -> dict[str, tuple[CallSite, tf.Tensor]]:
+        layers = [layer for _, layer in self.layers]
+        with record_calls(layers) as record:
+            self.model(x, training=False)
+        sites: dict[str, tuple[CallSite, tf.Tensor]] = {}
+        for path, layer in self.layers:
+            outputs = [t for t in record[id(layer)] if t is not None and t.shape.rank >= 2]
+            for index, tensor in enumerate(outputs):
+                key = path if len(outputs) == 1 else f"{path}@{index}"
+                activation, bounds = identify(layer)
+                site = CallSite(
+                    key=key,
+                    path=path,
+                    layer=layer,
+                    activation=activation,
+                    bounds=bounds,
+                    shape=tuple(tensor.shape[1:]),
+                    units=int(tensor.shape[-1]),
+                )
+                sites[key] = (site, tensor)
+        if not sites:
+            raise KeraslensError(
+                f"None of the selected layers of {self.model.name!r} produced a floating-point "
+                "output with a units axis; select other layers."
+            )
+        return sites
+
+    def _forward_stats(self, x: Any) -> dict[str, tuple[tf.Tensor, tf.Tensor, tf.Tensor]]:
+        recorded = self._record(x)
+        self.sites = [site for site, _ in recorded.values()]
+        out = {}
+        for key, (site, tensor) in recorded.items():
+            values = tf.cast(tensor, tf.float32)
+            values = tf.reshape(values, [tf.shape(values)[0], -1, site.units])
+            bounds = None
+            if site.bounds is not None:
+                bounds = (site.bounds[0] + self.epsilon, site.bounds[1] - self.epsilon)
+            if values.shape.is_fully_defined():
+                moments, shift = _fused_batch_stats(values, bounds)
+            else:
+                moments, shift = reduce.batch_stats(values, bounds)
+            sampled = values if self.histogram_samples is None else values[: self.histogram_samples]
+            out[key] = (moments, shift, reduce.histogram(sampled))
+        return out
+
+    def _forward_activations(self, x: Any) -> dict[str, tf.Tensor]:
+        return {key: tensor for key, (_, tensor) in self._record(x).items()}
+
+
+def _as_input_tensor(value: Any) -> tf.Tensor:
+    tensor = tf.convert_to_tensor(value)
+    if tensor.dtype.is_integer or tensor.dtype == tf.bool or tensor.dtype == tf.float64:
+        tensor = tf.cast(tensor, keras.config.floatx())
+    return tensor
+
+
+def _batch_layer_stats(site: CallSite, outputs, samples: int, epsilon: float) -> LayerStats:
+    moments, shift, hist = (t.numpy() for t in outputs)
+    n, s1, s2 = moments[0], moments[1], moments[2]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(n > 0, shift + s1 / np.maximum(n, 1), 0.0)
+        m2 = np.where(n > 0, np.maximum(s2 - s1 * s1 / np.maximum(n, 1), 0.0), 0.0)
+    return LayerStats(
+        path=site.key,
+        layer_type=type(site.layer).__name__,
+        activation=site.activation,
+        bounds=site.bounds,
+        epsilon=epsilon,
+        shape=site.shape,
+        units=site.units,
+        samples=samples,
+        count=_as_count(n + moments[7] + moments[8]),
+        finite_count=_as_count(n),
+        mean=mean,
+        m2=m2,
+        min=moments[3],
+        max=moments[4],
+        positive_count=_as_count(moments[5]),
+        sample_positive_count=_as_count(moments[6]),
+        nan_count=_as_count(moments[7]),
+        inf_count=_as_count(moments[8]),
+        lower_count=_as_count(moments[9]),
+        upper_count=_as_count(moments[10]),
+        hist_counts=hist.astype(np.int64),
+    )
+
+
+def _as_count(row: np.ndarray) -> np.ndarray:
+    return np.rint(row).astype(np.int64)

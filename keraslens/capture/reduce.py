@@ -1,0 +1,112 @@
+"""Per-batch reductions of one layer's activations, fused so each value is read once.
+
+TensorFlow runs one kernel per reduction and writes every elementwise
+intermediate to fresh memory, which on a CPU costs more than the reduction
+itself. Compiled with XLA over cache-sized chunks, all moments, extremes and
+counts of a chunk are computed while it is in cache. The forward pass itself
+stays outside XLA: TensorFlow's own convolutions are faster on a CPU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from keraslens.capture.stats import HIST_BINS
+
+CHUNK_ELEMENTS = 65536
+STAT_NAMES = ("n", "s1", "s2", "min", "max", "pos", "sample_pos", "nan", "inf", "lower", "upper")
+
+
+def _chunk_stats(block, shift, bounds, masked: bool):
+    """Statistics of a (samples, positions, units) block as a (11, units) float32 tensor."""
+    if masked:
+        finite = tf.math.is_finite(block)
+        centred = tf.where(finite, block - shift, 0.0)
+        n = tf.reduce_sum(tf.cast(finite, tf.float32), [0, 1])
+        low = tf.reduce_min(tf.where(finite, block, np.inf), [0, 1])
+        high = tf.reduce_max(tf.where(finite, block, -np.inf), [0, 1])
+        sample_pos = tf.reduce_any(block > 0, 1)
+        nan = tf.reduce_sum(tf.cast(tf.math.is_nan(block), tf.float32), [0, 1])
+        inf = tf.reduce_sum(tf.cast(tf.math.is_inf(block), tf.float32), [0, 1])
+    else:
+        centred = block - shift
+        n = tf.fill(tf.shape(shift), tf.cast(tf.shape(block)[0] * tf.shape(block)[1], tf.float32))
+        low = tf.reduce_min(block, [0, 1])
+        high = tf.reduce_max(block, [0, 1])
+        sample_pos = tf.reduce_max(block, 1) > 0
+        nan = inf = tf.zeros_like(shift)
+    if bounds is None:
+        lower = upper = tf.zeros_like(shift)
+    else:
+        lower = tf.reduce_sum(tf.cast(block <= bounds[0], tf.float32), [0, 1])
+        upper = tf.reduce_sum(tf.cast(block >= bounds[1], tf.float32), [0, 1])
+    return tf.stack(
+        [
+            n,
+            tf.reduce_sum(centred, [0, 1]),
+            tf.reduce_sum(tf.square(centred), [0, 1]),
+            low,
+            high,
+            tf.reduce_sum(tf.cast(block > 0, tf.float32), [0, 1]),
+            tf.reduce_sum(tf.cast(sample_pos, tf.float32), 0),
+            nan,
+            inf,
+            lower,
+            upper,
+        ]
+    )
+
+
+def _combine(parts):
+    """Combine chunk statistics of shape (chunks, 11, units): sums, min and max."""
+    total = tf.reduce_sum(tf.cast(parts, tf.float64), 0)
+    low = tf.cast(tf.reduce_min(parts[:, 3], 0), tf.float64)
+    high = tf.cast(tf.reduce_max(parts[:, 4], 0), tf.float64)
+    return tf.concat([total[:3], low[None], high[None], total[5:]], 0)
+
+
+def _all_chunks(values, shift, bounds, masked: bool):
+    batch, positions, units = values.shape
+    group = min(batch, max(1, CHUNK_ELEMENTS // max(1, positions * units)))
+    full = (batch // group) * group
+    blocks = tf.reshape(values[:full], [batch // group, group, positions, units])
+    parts = tf.map_fn(
+        lambda block: _chunk_stats(block, shift, bounds, masked),
+        blocks,
+        fn_output_signature=tf.float32,
+        parallel_iterations=4,
+    )
+    if full < batch:
+        parts = tf.concat([parts, _chunk_stats(values[full:], shift, bounds, masked)[None]], 0)
+    return _combine(parts)
+
+
+def batch_stats(
+    values: tf.Tensor, bounds: tuple[float, float] | None
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Per-unit statistics of one batch of activations, shape (samples, positions, units).
+
+    Returns a float64 tensor of shape (11, units) and the shift: finite count, sum and sum of
+    squares of `values - shift`, min, max, positive count, samples with a
+    positive position, NaN, Inf, and counts at the lower and upper bound. The
+    shift (the first finite-looking value of each unit) keeps the float32 sums of
+    squares free of cancellation. `bounds` are already widened by epsilon.
+    Call under `tf.function(jit_compile=True)`; shapes must be static.
+    """
+    first = values[0, 0]
+    shift = tf.where(tf.math.is_finite(first), first, 0.0)
+    fast = _all_chunks(values, shift, bounds, masked=False)
+    clean = tf.reduce_all(tf.math.is_finite(fast[1:3]))
+    stats = tf.cond(clean, lambda: fast, lambda: _all_chunks(values, shift, bounds, masked=True))
+    return stats, tf.cast(shift, tf.float64)
+
+
+def histogram(values: tf.Tensor) -> tf.Tensor:
+    """Counts of finite values in the fixed float32-bit-pattern buckets of `histogram_edges`."""
+    bits = tf.bitcast(tf.reshape(values, [-1]), tf.int32)
+    magnitude = tf.bitwise.right_shift(tf.bitwise.bitwise_and(bits, 0x7FFFFFFF), 21)
+    index = tf.where(bits < 0, 1023 - magnitude, 1024 + magnitude)
+    index = tf.where(magnitude >= 1020, HIST_BINS, index)  # inf and NaN: counted elsewhere
+    return tf.math.bincount(index, minlength=HIST_BINS, maxlength=HIST_BINS, dtype=tf.int32)
+

@@ -1,0 +1,324 @@
+"""The plugin contract: what an analysis declares and what it returns.
+
+A plugin is a subclass of `Plugin` registered under the entry-point group
+`keraslens.plugins`. keraslens validates its options before any work starts,
+gives it an `AnalysisContext` and expects a `PluginResult` back.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import keras
+
+    from keraslens.capture import LayerStats, Lens
+
+PLUGIN_API_VERSION = 1
+"""The plugin API this keraslens implements; a plugin declares the one it targets."""
+
+SUPPORTED_API_VERSIONS = frozenset({1})
+
+NEEDS = frozenset({"stats", "activations", "gradients", "labels", "sample"})
+"""What a plugin may ask for: capture statistics, raw activations of a few samples,
+gradients (the model itself), labels, a small sample of the data."""
+
+Severity = Literal["info", "warning", "error"]
+_SEVERITIES = ("info", "warning", "error")
+_NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One typed, validated plugin option.
+
+    Args:
+        type: `float`, `int`, `bool`, `str`, or `list` (of str).
+        default: the documented default.
+        help: one line shown by `keraslens plugins` and in the docs.
+        choices: allowed values (for `str`, or each item of a `list`).
+        min: inclusive lower bound for numbers.
+        max: inclusive upper bound for numbers.
+    """
+
+    type: type
+    default: Any
+    help: str
+    choices: tuple | None = None
+    min: float | None = None
+    max: float | None = None
+
+    def parse(self, name: str, value: Any) -> Any:
+        """Convert `value` (possibly a command-line string) and validate it."""
+        try:
+            value = self._convert(value)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"Option {name!r} expects {self.type.__name__}, got {value!r}."
+            ) from None
+        items = value if isinstance(value, list) else [value]
+        if self.choices is not None:
+            bad = [v for v in items if v not in self.choices]
+            if bad:
+                raise ValueError(
+                    f"Option {name!r} got {bad[0]!r}; allowed: {', '.join(map(str, self.choices))}."
+                )
+        if self.min is not None and value < self.min:
+            raise ValueError(f"Option {name!r} must be >= {self.min}, got {value!r}.")
+        if self.max is not None and value > self.max:
+            raise ValueError(f"Option {name!r} must be <= {self.max}, got {value!r}.")
+        return value
+
+    def _convert(self, value: Any) -> Any:
+        if self.type is bool:
+            if isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered in ("1", "true", "yes", "on"):
+                    return True
+                if lowered in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(value)
+            return bool(value)
+        if self.type is list:
+            if isinstance(value, str):
+                return [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, (list, tuple)):
+                raise TypeError(value)
+            return [str(v) for v in value]
+        if self.type is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError(value)
+            return int(value)
+        if self.type is float:
+            if isinstance(value, bool):
+                raise TypeError(value)
+            converted = float(value)
+            if not np.isfinite(converted):
+                raise ValueError(value)
+            return converted
+        if not isinstance(value, self.type):
+            raise TypeError(value)
+        return value
+
+
+@dataclass
+class Finding:
+    """One thing a plugin found, with the measured value and the threshold it crossed.
+
+    Args:
+        severity: "info", "warning" or "error".
+        message: what was found, in plain language, with the numbers.
+        layer: the layer path, or None for a model-wide finding.
+        units: unit indices concerned (may be empty).
+        value: the measured value.
+        threshold: the threshold it crossed.
+        threshold_name: the setting that holds it, as `plugin.option`.
+        label: a short plain-language label ("dead units").
+        fix: a one-line suggested fix.
+        plugin: filled in by the runner.
+    """
+
+    severity: Severity
+    message: str
+    layer: str | None = None
+    units: list[int] = field(default_factory=list)
+    value: float | None = None
+    threshold: float | None = None
+    threshold_name: str | None = None
+    label: str = ""
+    fix: str = ""
+    plugin: str = ""
+
+    def __post_init__(self) -> None:
+        if self.severity not in _SEVERITIES:
+            raise ValueError(f"Finding severity must be one of {_SEVERITIES}, got {self.severity!r}.")
+        self.units = [int(u) for u in self.units]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return to_jsonable(asdict(self))
+
+
+@dataclass
+class Table:
+    """A table for the report: a title, column names and rows of plain values."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[Any]]
+    layer: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return to_jsonable(asdict(self))
+
+
+@dataclass
+class Figure:
+    """A figure for the report, stored as PNG bytes (embedded as base64, never linked)."""
+
+    title: str
+    png: bytes
+    caption: str = ""
+    layer: str | None = None
+
+    @classmethod
+    def from_matplotlib(
+        cls, fig: Any, title: str, caption: str = "", layer: str | None = None, dpi: int = 80
+    ) -> Figure:
+        """Render a matplotlib figure to PNG (deterministically) and close it."""
+        import matplotlib.pyplot as plt
+
+        buffer = io.BytesIO()
+        # No Software/date metadata: the same figure gives the same bytes.
+        fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+        plt.close(fig)
+        return cls(title=title, png=buffer.getvalue(), caption=caption, layer=layer)
+
+    @property
+    def data_uri(self) -> str:
+        """The PNG as a `data:` URI."""
+        return "data:image/png;base64," + base64.b64encode(self.png).decode("ascii")
+
+
+@dataclass
+class PluginResult:
+    """What a plugin returns: JSON data, findings, tables and figures.
+
+    `data` is merged into the plugin's entry of the JSON result, so its keys are
+    the plugin's stable output (`result["plugins"][name][key]`).
+    """
+
+    data: dict[str, Any] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+
+
+@dataclass
+class AnalysisContext:
+    """Everything a plugin may read. Fields it did not ask for in `needs` may be None.
+
+    Args:
+        model: the Keras model under analysis (never modified).
+        lens: the `Lens` wrapping it, for raw activations of a few samples.
+        stats: layer path -> `LayerStats` from the shared capture pass.
+        sample: a small sample of the inputs (as the model takes them).
+        labels: labels for `sample`, when given.
+        options: this plugin's validated options.
+        seed: the run's seed; use it for anything random.
+        minimal: True when the user asked for a quick run without figures.
+    """
+
+    model: keras.Model
+    lens: Lens | None
+    stats: Mapping[str, LayerStats] | None
+    sample: Any
+    labels: np.ndarray | None
+    options: dict[str, Any]
+    seed: int = 0
+    minimal: bool = False
+
+
+class Plugin:
+    """Base class of every analysis.
+
+    Subclasses set the class attributes and implement `analyze`. Register the class
+    under the entry-point group `keraslens.plugins`.
+
+    Example:
+
+    ```python
+    class UnitCount(Plugin):
+        name = "unit-count"
+        title = "Units per layer"
+        needs = frozenset({"stats"})
+        options = {"min_units": Option(int, 1, "Smallest layer worth listing.", min=1)}
+
+        def analyze(self, ctx):
+            layers = {k: int(s.units) for k, s in ctx.stats.items()
+                      if s.units >= ctx.options["min_units"]}
+            return PluginResult(data={"layers": layers})
+    ```
+    """
+
+    name: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    api_version: ClassVar[int] = PLUGIN_API_VERSION
+    options: ClassVar[dict[str, Option]] = {}
+    needs: ClassVar[frozenset[str]] = frozenset({"stats"})
+    expensive: ClassVar[bool] = False
+    """Skipped by `--minimal`."""
+
+    def analyze(self, ctx: AnalysisContext) -> PluginResult:
+        """Turn the analysis context into a result."""
+        raise NotImplementedError
+
+    @classmethod
+    def parse_options(cls, given: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Defaults overlaid with `given`, each validated; unknown keys are rejected."""
+        given = dict(given or {})
+        unknown = sorted(set(given) - set(cls.options))
+        if unknown:
+            known = ", ".join(sorted(cls.options)) or "none"
+            raise ValueError(
+                f"Plugin {cls.name!r} has no option {unknown[0]!r}; its options: {known}."
+            )
+        parsed = {key: opt.default for key, opt in cls.options.items()}
+        for key, value in given.items():
+            parsed[key] = cls.options[key].parse(f"{cls.name}.{key}", value)
+        return parsed
+
+    @classmethod
+    def check_declaration(cls) -> None:
+        """Raise `ValueError` when the class does not honour the contract."""
+        if not isinstance(cls.name, str) or not _NAME_RE.match(cls.name):
+            raise ValueError(f"Plugin name must be kebab-case, got {cls.name!r}.")
+        if cls.api_version not in SUPPORTED_API_VERSIONS:
+            raise ValueError(
+                f"Plugin {cls.name!r} targets plugin API {cls.api_version}; this keraslens "
+                f"supports {sorted(SUPPORTED_API_VERSIONS)}. Upgrade the plugin or keraslens."
+            )
+        unknown = set(cls.needs) - NEEDS
+        if unknown:
+            raise ValueError(
+                f"Plugin {cls.name!r} needs unknown input(s) {sorted(unknown)}; "
+                f"allowed: {sorted(NEEDS)}."
+            )
+        for key, opt in cls.options.items():
+            if not isinstance(opt, Option):
+                raise ValueError(f"Plugin {cls.name!r}: option {key!r} is not an Option.")
+
+
+PluginFactory = Callable[[], Plugin]
+
+
+def to_jsonable(value: Any) -> Any:
+    """Convert NumPy scalars/arrays and tuples recursively into JSON-safe values.
+
+    Non-finite floats become None (JSON has no NaN).
+    """
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return to_jsonable(value.tolist())
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return value if np.isfinite(value) else None
+    return value
