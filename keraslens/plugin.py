@@ -265,6 +265,11 @@ class Plugin:
         raise NotImplementedError
 
     @classmethod
+    def capture_settings(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """Keyword arguments for the shared `Lens` (e.g. `{"epsilon": 0.01}`); default none."""
+        return {}
+
+    @classmethod
     def parse_options(cls, given: Mapping[str, Any] | None) -> dict[str, Any]:
         """Defaults overlaid with `given`, each validated; unknown keys are rejected."""
         given = dict(given or {})

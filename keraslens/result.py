@@ -1,0 +1,130 @@
+"""The outcome of an analysis run: every plugin's result, its findings, and the verdict."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from keraslens.atomic import write_atomic
+from keraslens.capture import LayerStats
+from keraslens.plugin import Finding, PluginResult, to_jsonable
+
+_SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
+
+
+@dataclass
+class PluginRun:
+    """One plugin's part of a run: its result, or the error that stopped it."""
+
+    name: str
+    title: str
+    distribution: str | None
+    version: str | None
+    options: dict[str, Any]
+    result: PluginResult | None = None
+    error: str | None = None
+    traceback: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def status(self) -> str:
+        """"ok", or "error" when the plugin could not run."""
+        return "ok" if self.error is None else "error"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plugin's JSON entry: its data keys plus findings, tables and status."""
+        result = self.result or PluginResult()
+        entry = dict(result.data)
+        entry.update(
+            title=self.title,
+            distribution=self.distribution,
+            version=self.version,
+            options=self.options,
+            status=self.status,
+            error=self.error,
+            findings=[f.to_dict() for f in result.findings],
+            tables=[t.to_dict() for t in result.tables],
+            figures=[fig.title for fig in result.figures],
+        )
+        return to_jsonable(entry)
+
+
+@dataclass
+class AnalysisResult:
+    """What `keraslens.analyze` returns.
+
+    Attributes:
+        meta: model, data, versions, seed and settings of the run.
+        plugins: plugin name -> `PluginRun`, in run order.
+        stats: the shared capture statistics (layer path -> `LayerStats`).
+        extra: additional report sections (e.g. the training history of a callback).
+    """
+
+    meta: dict[str, Any]
+    plugins: dict[str, PluginRun]
+    stats: dict[str, LayerStats] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def findings(self) -> list[Finding]:
+        """Every finding, most severe first."""
+        found = [f for run in self.plugins.values() if run.result for f in run.result.findings]
+        return sorted(found, key=lambda f: _SEVERITY_ORDER[f.severity])
+
+    @property
+    def errors(self) -> list[PluginRun]:
+        """Plugins that could not run."""
+        return [run for run in self.plugins.values() if run.error is not None]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """How many findings of each severity, and how many plugin errors."""
+        counts = {"error": 0, "warning": 0, "info": 0}
+        for finding in self.findings:
+            counts[finding.severity] += 1
+        counts["plugin_errors"] = len(self.errors)
+        return counts
+
+    @property
+    def status(self) -> str:
+        """The verdict: "error" (a plugin could not run), "fail", "warn" or "pass"."""
+        counts = self.counts
+        if counts["plugin_errors"]:
+            return "error"
+        if counts["error"]:
+            return "fail"
+        if counts["warning"]:
+            return "warn"
+        return "pass"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON twin of the report: everything but the images."""
+        return to_jsonable(
+            {
+                "meta": self.meta,
+                "status": self.status,
+                "counts": self.counts,
+                "findings": [f.to_dict() for f in self.findings],
+                "plugins": {name: run.to_dict() for name, run in self.plugins.items()},
+                "layers": {key: s.to_dict() for key, s in self.stats.items()},
+                **self.extra_dict(),
+            }
+        )
+
+    def extra_dict(self) -> dict[str, Any]:
+        """JSON-safe additional sections."""
+        return {key: value for key, value in self.extra.items() if not key.startswith("_")}
+
+    def to_json(self, path: str | os.PathLike) -> Path:
+        """Write the JSON twin atomically."""
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=False, allow_nan=False)
+        return write_atomic(path, text + "\n")
+
+    def to_html(self, path: str | os.PathLike) -> Path:
+        """Write the self-contained HTML report atomically."""
+        from keraslens.report import render_html
+
+        return write_atomic(path, render_html(self))
