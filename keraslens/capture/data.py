@@ -54,7 +54,8 @@ def iterate_batches(
 
     def batches() -> Iterator[Any]:
         for start in range(0, n, batch_size):
-            yield tf.nest.map_structure(lambda a: a[start : start + batch_size], structure)
+            window = slice(start, start + batch_size)
+            yield tf.nest.map_structure(lambda a, window=window: a[window], structure)
 
     return batches(), n
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable, Iterable, Iterator
-from typing import Union
 
 import keras
 
 from keraslens.errors import KeraslensError
 
-LayerSelector = Union[str, type, Callable[[keras.layers.Layer], bool]]
+LayerSelector = str | type | Callable[[keras.layers.Layer], bool]
 
 
 def _children(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
