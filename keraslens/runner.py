@@ -84,6 +84,37 @@ def analyze(
     sample, sample_labels = _sample(data, labels, lens)
     if n_samples is None:
         n_samples = next(iter(stats.values())).samples if stats else None
+    results = run_plugins(
+        runs,
+        model=model,
+        lens=lens,
+        stats=stats,
+        sample=sample,
+        labels=sample_labels,
+        seed=seed,
+        minimal=minimal,
+        plugin_progress=plugin_progress,
+    )
+    meta = _meta(model, data_source, n_samples, samples, seed, batch_size, layers, minimal, runs)
+    return AnalysisResult(meta=meta, plugins=results, stats=stats)
+
+
+def run_plugins(
+    runs: list,
+    *,
+    model: keras.Model,
+    lens: Lens,
+    stats: Mapping[str, Any],
+    sample: Any,
+    labels: np.ndarray | None,
+    seed: int = 0,
+    minimal: bool = False,
+    plugin_progress: PluginProgress | None = None,
+) -> dict[str, PluginRun]:
+    """Run prepared plugins (`_prepare_runs`) on statistics that were already captured.
+
+    Shared by `analyze` and `LensCallback`, which captures with one `Lens` per training.
+    """
     results: dict[str, PluginRun] = {}
     for index, (info, _, parsed) in enumerate(runs):
         if plugin_progress is not None:
@@ -93,14 +124,13 @@ def analyze(
             lens=lens,
             stats=stats,
             sample=sample,
-            labels=sample_labels,
+            labels=labels,
             options=parsed,
             seed=seed,
             minimal=minimal,
         )
         results[info.name] = _run_one(info, parsed, context)
-    meta = _meta(model, data_source, n_samples, samples, seed, batch_size, layers, minimal, runs)
-    return AnalysisResult(meta=meta, plugins=results, stats=stats)
+    return results
 
 
 def _prepare_runs(plugins, exclude, options, minimal):
