@@ -1,0 +1,265 @@
+"""What the report template shows: an `AnalysisResult` turned into plain values.
+
+Everything the template needs is computed here (anchors, per-layer gathering,
+defaults of thresholds, chart geometry); the template only lays it out.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from keraslens.capture import LayerStats
+from keraslens.plugin import Finding, Table
+from keraslens.report import charts
+from keraslens.report.training import training_view
+from keraslens.result import AnalysisResult, PluginRun
+
+MAX_TABLE_ROWS = 200
+"""Rows shown per table; the JSON twin holds them all."""
+
+MAX_UNITS_LISTED = 12
+"""Unit indices spelled out in a finding before "and N more"."""
+
+_SEVERITY_RANK = {"error": 0, "warning": 1, "info": 2}
+
+
+class Anchors:
+    """Unique, stable HTML ids derived from names (the same names give the same ids)."""
+
+    def __init__(self) -> None:
+        self._given: dict[tuple[str, str], str] = {}
+        self._used: set[str] = set()
+
+    def __call__(self, kind: str, name: str) -> str:
+        key = (kind, name)
+        if key not in self._given:
+            base = f"{kind}-" + (re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "x")
+            anchor, n = base, 1
+            while anchor in self._used:
+                n += 1
+                anchor = f"{base}-{n}"
+            self._used.add(anchor)
+            self._given[key] = anchor
+        return self._given[key]
+
+
+@dataclass
+class FindingView:
+    """One finding as the report prints it."""
+
+    severity: str
+    plugin: str
+    label: str
+    message: str
+    layer: str | None
+    units: str
+    value: Any
+    threshold: Any
+    threshold_name: str | None
+    default: Any
+    fix: str
+    target: str
+
+
+@dataclass
+class LayerView:
+    """Everything the report knows about one layer."""
+
+    name: str
+    anchor: str
+    status: str
+    findings: list[FindingView] = field(default_factory=list)
+    facts: list[tuple[str, Any]] = field(default_factory=list)
+    histogram: dict[str, Any] | None = None
+    zero_fraction: float | None = None
+    units: dict[str, Any] | None = None
+
+
+def build(result: AnalysisResult, defaults: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The template context for `result`; `defaults` maps plugin -> option -> default."""
+    anchors = Anchors()
+    layer_names = _layer_names(result)
+    for name in result.plugins:
+        anchors("plugin", name)
+    for name in layer_names:
+        anchors("layer", name)
+    findings = [_finding_view(f, anchors, defaults, layer_names) for f in result.findings]
+    return {
+        "meta": result.meta,
+        "header": _header(result.meta),
+        "status": result.status,
+        "counts": result.counts,
+        "findings": findings,
+        "errors": [
+            {"name": run.name, "error": run.error, "target": anchors("plugin", run.name)}
+            for run in result.errors
+        ],
+        "plugins": [
+            _plugin_view(run, anchors, findings, defaults) for run in result.plugins.values()
+        ],
+        "layers": [
+            _layer_view(name, result.stats.get(name), findings, anchors) for name in layer_names
+        ],
+        "training": training_view(result.extra.get("training"), anchors),
+    }
+
+
+def _layer_names(result: AnalysisResult) -> list[str]:
+    names = list(result.stats)
+    for finding in result.findings:
+        if finding.layer is not None and finding.layer not in names:
+            names.append(finding.layer)
+    return names
+
+
+def _header(meta: dict[str, Any]) -> list[tuple[str, Any]]:
+    samples = meta.get("samples")
+    data = f"{meta.get('data_source', '')}"
+    if samples is not None:
+        data += f", {samples} samples" + (" (random subset)" if meta.get("sampled") else "")
+    rows = [
+        ("Model", f"{meta.get('model', '')} ({meta.get('model_class', '')})"),
+        ("Parameters", _thousands(meta.get("parameters"))),
+        ("Inputs", ", ".join(_shape(s) for s in meta.get("input_shapes") or []) or "unknown"),
+        ("Data", data),
+        ("Layers", ", ".join(meta["layers"]) if meta.get("layers") else "all"),
+        ("Seed", meta.get("seed")),
+        ("keraslens", meta.get("keraslens_version")),
+        (
+            "Plugins",
+            ", ".join(f"{n} {v or ''}".strip() for n, v in (meta.get("plugins") or {}).items()),
+        ),
+        ("Date", meta.get("date")),
+    ]
+    if meta.get("minimal"):
+        rows.append(("Mode", "minimal: expensive plugins and figures skipped"))
+    return rows
+
+
+def _finding_view(
+    finding: Finding,
+    anchors: Anchors,
+    defaults: dict[str, dict[str, Any]],
+    layer_names: list[str],
+) -> FindingView:
+    plugin, _, key = (finding.threshold_name or "").partition(".")
+    default = defaults.get(plugin or finding.plugin, {}).get(key) if key else None
+    target = (
+        anchors("layer", finding.layer)
+        if finding.layer in layer_names
+        else anchors("plugin", finding.plugin)
+    )
+    return FindingView(
+        severity=finding.severity,
+        plugin=finding.plugin,
+        label=finding.label or finding.severity,
+        message=finding.message,
+        layer=finding.layer,
+        units=_units(finding.units),
+        value=finding.value,
+        threshold=finding.threshold,
+        threshold_name=finding.threshold_name,
+        default=default,
+        fix=finding.fix,
+        target=target,
+    )
+
+
+def _plugin_view(
+    run: PluginRun,
+    anchors: Anchors,
+    findings: list[FindingView],
+    defaults: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    result = run.result
+    return {
+        "name": run.name,
+        "title": run.title,
+        "anchor": anchors("plugin", run.name),
+        "version": run.version,
+        "distribution": run.distribution,
+        "seconds": run.seconds,
+        "error": run.error,
+        "traceback": run.traceback,
+        "options": [
+            (key, value, defaults.get(run.name, {}).get(key)) for key, value in run.options.items()
+        ],
+        "findings": [f for f in findings if f.plugin == run.name],
+        "tables": [_table_view(t) for t in result.tables] if result else [],
+        "figures": list(result.figures) if result else [],
+    }
+
+
+def _table_view(table: Table) -> dict[str, Any]:
+    return {
+        "title": table.title,
+        "layer": table.layer,
+        "columns": table.columns,
+        "rows": table.rows[:MAX_TABLE_ROWS],
+        "hidden": max(0, len(table.rows) - MAX_TABLE_ROWS),
+    }
+
+
+def _layer_view(
+    name: str, stats: LayerStats | None, findings: Iterable[FindingView], anchors: Anchors
+) -> LayerView:
+    mine = [f for f in findings if f.layer == name]
+    worst = min((_SEVERITY_RANK[f.severity] for f in mine), default=3)
+    view = LayerView(
+        name=name,
+        anchor=anchors("layer", name),
+        status=("error", "warning", "info", "ok")[worst],
+        findings=mine,
+    )
+    if stats is not None:
+        view.facts = [
+            ("Type", stats.layer_type),
+            ("Activation", stats.activation or "none"),
+            ("Output shape", _shape(stats.shape)),
+            ("Units", stats.units),
+            ("Samples", stats.samples),
+        ]
+        view.histogram = charts.histogram(*stats.histogram())
+        view.zero_fraction = stats.zero_fraction
+        view.units = _unit_table(stats)
+    return view
+
+
+def _unit_table(stats: LayerStats) -> dict[str, Any]:
+    finite = stats.finite_count > 0
+    columns = {
+        "mean": np.where(finite, stats.mean, np.nan),
+        "std": stats.std,
+        "min": np.where(finite, stats.min, np.nan),
+        "max": np.where(finite, stats.max, np.nan),
+        "firing rate": stats.firing_rate,
+        "non-finite": stats.nan_count + stats.inf_count,
+    }
+    shown = min(stats.units, MAX_TABLE_ROWS)
+    rows = [[unit, *(column[unit] for column in columns.values())] for unit in range(shown)]
+    return {
+        "columns": ["unit", *columns],
+        "rows": rows,
+        "hidden": stats.units - shown,
+    }
+
+
+def _units(units: list[int]) -> str:
+    if not units:
+        return ""
+    shown = ", ".join(str(u) for u in units[:MAX_UNITS_LISTED])
+    more = len(units) - MAX_UNITS_LISTED
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def _shape(shape: Iterable[Any]) -> str:
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
+
+
+def _thousands(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else "unknown"
