@@ -13,7 +13,7 @@ import numpy as np
 
 WIDTH = 360
 HEIGHT = 150
-_PAD_LEFT, _PAD_RIGHT, _PAD_TOP, _PAD_BOTTOM = 44, 8, 8, 22
+_PAD_LEFT, _PAD_RIGHT, _PAD_TOP, _PAD_BOTTOM = 44, 16, 8, 22
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b")
 
 BAND_SIGMAS = (-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5)
@@ -64,6 +64,8 @@ def histogram(counts: np.ndarray, edges: np.ndarray, bins: int = 40) -> dict[str
         np.where(np.isfinite(lower), lower, upper),
     )
     lo, hi = float(np.min(centres)), float(np.max(centres))
+    # Exact zeros sit in a bucket whose centre is a subnormal; label that end as 0.
+    lo, hi = (0.0 if abs(v) < 1e-6 * (hi - lo) else v for v in (lo, hi))
     if not hi > lo:
         lo, hi = lo - 0.5, hi + 0.5
     index = np.clip(((centres - lo) / (hi - lo) * bins).astype(int), 0, bins - 1)

@@ -1,11 +1,9 @@
-"""The "Training" section: what the training callback recorded, epoch by epoch.
+"""The "Training" section: what `LensCallback` recorded, epoch by epoch.
 
-`result.extra["training"]` is a dict with
+`result.extra["training"]` is `LensCallback.training_section()`:
 - `history`: rows `{epoch, layer, dead_fraction, saturated_fraction, mean, std, firing_rate}`;
-- `bands` (optional): rows `{epoch, layer, values}` where `values` holds nine numbers:
-  min, the values at -1.5/-1/-0.5/0/+0.5/+1/+1.5 standard deviations, and max;
-- `thresholds` (optional): metric -> threshold (e.g. `{"dead_fraction": 0.1}`), from
-  which the first epoch at which each layer crossed it is derived.
+- `bands`: layer -> rows `{epoch, min, p-1.5, p-1, p-0.5, p0, p+0.5, p+1, p+1.5, max}`;
+- `thresholds`: metric -> threshold, and `first_crossing`: layer -> metric -> epoch.
 """
 
 from __future__ import annotations
@@ -14,6 +12,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from keraslens.callback import BAND_KEYS
 from keraslens.report import charts
 
 TREND_METRICS = ("dead_fraction", "saturated_fraction", "firing_rate", "mean", "std")
@@ -27,10 +26,9 @@ def training_view(training: Any, anchor: Callable[[str, str], str]) -> dict[str,
     by_layer: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for row in history:
         by_layer[str(row.get("layer"))].append(row)
-    band_rows: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
-    for row in training.get("bands") or []:
-        band_rows[str(row.get("layer"))].append(row)
+    band_rows = {str(layer): rows for layer, rows in (training.get("bands") or {}).items()}
     thresholds = dict(training.get("thresholds") or {})
+    first = training.get("first_crossing") or {}
     layers = []
     for layer in dict.fromkeys([*by_layer, *band_rows]):
         rows = sorted(by_layer.get(layer, []), key=lambda r: r.get("epoch", 0))
@@ -41,11 +39,14 @@ def training_view(training: Any, anchor: Callable[[str, str], str]) -> dict[str,
                 "anchor": anchor("training", layer),
                 "trends": _trends(rows),
                 "band": charts.bands(
-                    [r.get("epoch") for r in bands], [r.get("values") for r in bands]
+                    [r.get("epoch") for r in bands], [[r.get(k) for k in BAND_KEYS] for r in bands]
                 )
                 if bands
                 else None,
-                "crossings": _first_crossings(rows, thresholds),
+                "crossings": [
+                    {"metric": m, "threshold": t, "epoch": first.get(layer, {}).get(m)}
+                    for m, t in thresholds.items()
+                ],
             }
         )
     if not layers:
@@ -73,20 +74,3 @@ def _trends(rows: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
         if chart is not None:
             charts_out.append({"title": title, "chart": chart})
     return charts_out
-
-
-def _first_crossings(
-    rows: list[Mapping[str, Any]], thresholds: Mapping[str, float]
-) -> list[dict[str, Any]]:
-    crossings = []
-    for metric, threshold in thresholds.items():
-        epoch = next(
-            (
-                r.get("epoch")
-                for r in rows
-                if isinstance(r.get(metric), (int, float)) and r[metric] > threshold
-            ),
-            None,
-        )
-        crossings.append({"metric": metric, "threshold": threshold, "epoch": epoch})
-    return crossings
