@@ -139,7 +139,8 @@ def evaluate(
 
 
 def _values(result: Mapping[str, Any] | None, rule: Rule, what: str) -> dict | None:
-    """Layer (or None for a top-level value) -> number, for the rule's metric."""
+    """Layer -> number for the rule's metric; a top-level value (layer None) only when
+    the plugin reports no per-layer one."""
     plugins = (result or {}).get("plugins", {})
     if rule.plugin not in plugins:
         raise KeraslensError(
@@ -149,8 +150,6 @@ def _values(result: Mapping[str, Any] | None, rule: Rule, what: str) -> dict | N
     entry = plugins[rule.plugin]
     if entry.get("status") == "error":
         return None
-    if _is_number(entry.get(rule.key)):
-        return {None: float(entry[rule.key])}
     layers = entry.get("layers")
     found = {}
     if isinstance(layers, Mapping):
@@ -159,6 +158,8 @@ def _values(result: Mapping[str, Any] | None, rule: Rule, what: str) -> dict | N
             for layer, values in layers.items()
             if isinstance(values, Mapping) and _is_number(values.get(rule.key))
         }
+    if not found and _is_number(entry.get(rule.key)):
+        found = {None: float(entry[rule.key])}
     if not found:
         raise KeraslensError(
             f"--fail-on {rule.text!r}: {rule.plugin} reports no number {rule.key!r} "

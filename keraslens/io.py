@@ -278,5 +278,22 @@ def _single_input_shape(model: keras.Model) -> tuple:
     return tuple(model.inputs[0].shape)
 
 
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise a `KeraslensError` now, before any work, when `path` cannot be written."""
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise KeraslensError(f"Cannot write {str(target)!r}: it is a folder. Name a file.")
+    if not folder.is_dir():
+        raise KeraslensError(
+            f"Cannot write {str(target)!r}: folder {str(folder)!r} does not exist. "
+            "Create it or choose another output path."
+        )
+    if not os.access(folder, os.W_OK):
+        raise KeraslensError(
+            f"Cannot write {str(target)!r}: folder {str(folder)!r} is not writable."
+        )
+
+
 def _shape(shape: Any) -> str:
     return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
