@@ -1,0 +1,134 @@
+"""User errors: one clear line, a non-zero exit, no traceback, and no output file left."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from test_report_fixtures import DeadUnits, install_plugins, tiny_data, tiny_model
+
+from keraslens.cli import cli
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("errors")
+    tiny_model().save(folder / "tiny.keras")
+    np.save(folder / "x.npy", tiny_data())
+    np.save(folder / "wrong.npy", np.zeros((5, 7), "float32"))
+    np.save(folder / "empty.npy", np.zeros((0, 4), "float32"))
+    np.savez(folder / "two.npz", a=tiny_data(), b=tiny_data())
+    lambda_model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Lambda(lambda x: x * 2), keras.layers.Dense(2)]
+    )
+    lambda_model.save(folder / "lambda.keras")
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def fakes(monkeypatch):
+    install_plugins(monkeypatch, DeadUnits)
+
+
+def run_report(files, tmp_path, *args, model="tiny.keras", data="x.npy"):
+    out = CliRunner().invoke(
+        cli,
+        [
+            "report",
+            str(files / model),
+            "--data",
+            str(files / data),
+            "-o",
+            str(tmp_path / "r.html"),
+            "--json",
+            str(tmp_path / "r.json"),
+            *map(str, args),
+        ],
+    )
+    assert list(tmp_path.iterdir()) == [], "a failed run must not leave an output file"
+    assert "Traceback" not in out.output
+    return out
+
+
+def error_line(out):
+    lines = [line for line in out.output.splitlines() if line.startswith("Error: ")]
+    assert len(lines) == 1, out.output
+    return lines[0]
+
+
+def test_missing_model_file(files, tmp_path):
+    out = run_report(files, tmp_path, model="absent.keras")
+    assert out.exit_code == 2
+    assert "absent.keras' does not exist" in error_line(out)
+
+
+def test_missing_data_file(files, tmp_path):
+    out = run_report(files, tmp_path, data="absent.npy")
+    assert out.exit_code == 2 and "absent.npy' does not exist" in error_line(out)
+
+
+def test_wrong_shape_names_the_expected_one(files, tmp_path):
+    out = run_report(files, tmp_path, data="wrong.npy")
+    assert out.exit_code == 2
+    assert "has shape (5, 7); the model expects (None, 4)" in error_line(out)
+
+
+def test_empty_data(files, tmp_path):
+    out = run_report(files, tmp_path, data="empty.npy")
+    assert out.exit_code == 2 and "is empty" in error_line(out)
+
+
+def test_unknown_plugin_lists_the_available_ones(files, tmp_path):
+    out = run_report(files, tmp_path, "-p", "no-such-plugin")
+    assert out.exit_code == 2
+    assert "Unknown plugin 'no-such-plugin'. Installed plugins: fake-dead." in error_line(out)
+
+
+def test_bad_option_value_is_rejected_before_any_work(files, tmp_path):
+    out = run_report(files, tmp_path, "--option", "fake-dead.threshold=lots")
+    assert out.exit_code == 2 and "expects float, got 'lots'" in error_line(out)
+
+
+def test_unwritable_output_path(files, tmp_path):
+    out = CliRunner().invoke(
+        cli,
+        [
+            "report",
+            str(files / "tiny.keras"),
+            "--data",
+            str(files / "x.npy"),
+            "-o",
+            str(tmp_path / "missing-folder" / "r.html"),
+        ],
+    )
+    assert out.exit_code == 2 and "does not exist" in error_line(out)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_npz_with_several_arrays_needs_data_key(files, tmp_path):
+    out = run_report(files, tmp_path, data="two.npz")
+    assert out.exit_code == 2 and "choose one with --data-key" in error_line(out)
+
+
+def test_model_with_code_is_refused_and_names_unsafe(files, tmp_path):
+    out = run_report(files, tmp_path, model="lambda.keras")
+    assert out.exit_code == 2
+    assert "carries Python code (a Lambda layer)" in error_line(out)
+    assert "--unsafe" in error_line(out)
+
+
+def test_verbose_shows_the_traceback(files, tmp_path):
+    out = CliRunner().invoke(
+        cli,
+        [
+            "report",
+            str(files / "absent.keras"),
+            "--data",
+            "x.npy",
+            "-v",
+            "-o",
+            str(tmp_path / "r.html"),
+        ],
+    )
+    assert out.exit_code == 2 and "Traceback" in out.output
