@@ -7,6 +7,7 @@ from functools import lru_cache
 from typing import Any
 
 import jinja2
+from markupsafe import Markup
 
 from keraslens.report import view
 from keraslens.result import AnalysisResult
@@ -32,7 +33,9 @@ def render_html(result: AnalysisResult) -> str:
     """
     context = view.build(result, _option_defaults(result))
     return (
-        _environment().get_template("report.html.j2").render(csp=CONTENT_SECURITY_POLICY, **context)
+        _environment()
+        .get_template("report.html.j2")
+        .render(csp=Markup(CONTENT_SECURITY_POLICY), **context)
     )
 
 

@@ -183,7 +183,6 @@ def _plugin_view(
         "anchor": anchors("plugin", run.name),
         "version": run.version,
         "distribution": run.distribution,
-        "seconds": run.seconds,
         "error": run.error,
         "traceback": run.traceback,
         "options": [
