@@ -1,0 +1,154 @@
+"""Capture cost on the reference CNN, measured side by side in one run.
+
+Prints (median of --repeats after a warm-up, runs interleaved):
+  - capture-all-layers time / plain `model.predict` time;
+  - the same ratio for the naive approach (one multi-output model keeping every
+    activation, statistics in NumPy);
+  - peak RSS of a capture for N = 2,000, 10,000 and 40,000 samples, each in its own
+    process, with the data generated batch by batch so it is never all in memory.
+
+Usage: python benchmarks/capture.py [--samples 2048] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import keraslens  # noqa: E402
+
+BATCH = 256
+
+
+def reference_cnn() -> keras.Model:
+    """32x32x3 -> Conv32-Conv32-Pool-Conv64-Conv64-Pool-Flatten-Dense256-Dense10."""
+    layers = keras.layers
+    keras.utils.set_random_seed(0)
+    return keras.Sequential(
+        [
+            keras.Input((32, 32, 3)),
+            layers.Conv2D(32, 3, padding="same", activation="relu"),
+            layers.Conv2D(32, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Conv2D(64, 3, padding="same", activation="relu"),
+            layers.Conv2D(64, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Flatten(),
+            layers.Dense(256, activation="relu"),
+            layers.Dense(10, activation="softmax"),
+        ],
+        name="reference_cnn",
+    )
+
+
+def random_batches(n: int) -> tf.data.Dataset:
+    """N random images, generated batch by batch (memory independent of N)."""
+    starts = tf.data.Dataset.range(0, n, BATCH)
+
+    def make(start):
+        size = tf.minimum(tf.constant(BATCH, tf.int64), n - start)
+        return tf.random.stateless_uniform(
+            tf.stack([tf.cast(size, tf.int32), 32, 32, 3]), seed=tf.stack([start, 7])
+        )
+
+    return starts.map(make).prefetch(2)
+
+
+def naive_stats(model: keras.Model, data: tf.data.Dataset) -> dict:
+    """What one writes by hand: every activation kept, then NumPy per unit."""
+    probe = keras.Model(model.inputs, [layer.output for layer in model.layers])
+    outputs = probe.predict(data, verbose=0)
+    stats = {}
+    for layer, values in zip(model.layers, outputs, strict=True):
+        flat = values.reshape(-1, values.shape[-1]).astype(np.float64)
+        stats[layer.name] = (
+            flat.mean(0),
+            flat.var(0),
+            flat.min(0),
+            flat.max(0),
+            (flat > 0).mean(0),
+        )
+    return stats
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def compare(n: int, repeats: int) -> dict:
+    model = reference_cnn()
+    data = random_batches(n)
+    lens = keraslens.Lens(model)
+    runs = {
+        "predict": lambda: model.predict(data, verbose=0),
+        "capture": lambda: lens.capture(data),
+        "naive": lambda: naive_stats(model, data),
+    }
+    for fn in runs.values():  # warm-up: traces and XLA compiles
+        fn()
+    times = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            times[name].append(timed(fn))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def peak_rss_child(n: int) -> None:
+    model = reference_cnn()
+    keraslens.Lens(model).capture(random_batches(n))
+    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def peak_rss(n: int) -> float:
+    out = subprocess.run(
+        [sys.executable, __file__, "--rss-child", str(n)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])["peak_rss_mb"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=2048)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss_child:
+        peak_rss_child(args.rss_child)
+        return
+    print(f"reference CNN, N={args.samples}, batch {BATCH}, median of {args.repeats}")
+    medians = compare(args.samples, args.repeats)
+    print(f"{'method':<34}{'seconds':>10}{'/ predict':>12}")
+    for name, label in (
+        ("predict", "model.predict"),
+        ("capture", "keraslens capture (all layers)"),
+        ("naive", "naive (all activations + NumPy)"),
+    ):
+        print(f"{label:<34}{medians[name]:>10.3f}{medians[name] / medians['predict']:>12.2f}")
+    print()
+    print(f"{'N':>8}{'capture peak RSS (MB)':>24}")
+    sizes = (2_000, 10_000, 40_000)
+    rss = {n: peak_rss(n) for n in sizes}
+    for n in sizes:
+        print(f"{n:>8}{rss[n]:>24.0f}")
+    print(f"growth 2k -> 40k: {rss[40_000] - rss[2_000]:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
