@@ -1,0 +1,114 @@
+"""Loading models and data: safe by default, clear about what is wrong."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+from test_report_fixtures import tiny_data, tiny_model
+
+from keraslens import io
+from keraslens.errors import KeraslensError
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+def lambda_model():
+    return keras.Sequential(
+        [keras.Input((4,)), keras.layers.Lambda(lambda x: x * 2), keras.layers.Dense(2)]
+    )
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_model_carrying_code_is_refused_unless_unsafe(tmp_path, suffix):
+    path = tmp_path / f"lambda{suffix}"
+    lambda_model().save(path)
+    with pytest.raises(KeraslensError, match="carries Python code.*--unsafe"):
+        io.load_model(path)
+    assert io.load_model(path, unsafe=True).layers[0].__class__.__name__ == "Lambda"
+
+
+def test_legacy_h5_loads_with_the_same_outputs(tmp_path, model):
+    model.save(tmp_path / "m.h5")
+    loaded = io.load_model(tmp_path / "m.h5")
+    np.testing.assert_allclose(
+        loaded.predict(tiny_data(), verbose=0), model.predict(tiny_data(), verbose=0), rtol=1e-6
+    )
+
+
+def test_saved_model_directory_is_wrapped_with_its_input_shape(tmp_path, model):
+    model.export(tmp_path / "sm", verbose=False)
+    loaded = io.load_model(tmp_path / "sm")
+    assert tuple(loaded.inputs[0].shape) == (None, 4)
+    np.testing.assert_allclose(
+        loaded(tiny_data()), model.predict(tiny_data(), verbose=0), rtol=1e-5
+    )
+
+
+def test_folder_without_saved_model_is_refused(tmp_path):
+    with pytest.raises(KeraslensError, match="is not a SavedModel"):
+        io.load_model(tmp_path)
+
+
+def test_pickled_arrays_are_refused(tmp_path, model):
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(KeraslensError, match="no pickled objects"):
+        io.load_data(str(tmp_path / "objects.npy"), model)
+
+
+def test_npz_data_key_and_labels_key(tmp_path, model):
+    np.savez(tmp_path / "d.npz", x=tiny_data(), y=np.arange(64))
+    loaded = io.load_data(str(tmp_path / "d.npz"), model, data_key="x", labels="y")
+    assert loaded.inputs.shape == (64, 4) and loaded.labels[-1] == 63
+    assert loaded.source == "d.npz[x]"
+
+
+def test_npz_unknown_key_lists_the_arrays(tmp_path, model):
+    np.savez(tmp_path / "d.npz", x=tiny_data(), y=np.arange(64))
+    with pytest.raises(KeraslensError, match="has no array 'z'; it holds: x, y"):
+        io.load_data(str(tmp_path / "d.npz"), model, data_key="z")
+
+
+def test_labels_file(tmp_path, model):
+    np.save(tmp_path / "x.npy", tiny_data())
+    np.save(tmp_path / "y.npy", np.ones(64))
+    assert (
+        io.load_data(str(tmp_path / "x.npy"), model, labels=str(tmp_path / "y.npy")).labels.sum()
+        == 64
+    )
+
+
+def test_image_folder_is_resized_to_the_input_and_labelled_by_subfolder(tmp_path):
+    cnn = keras.Sequential([keras.Input((6, 5, 3)), keras.layers.Conv2D(2, 3)])
+    for label in ("cat", "dog"):
+        (tmp_path / label).mkdir()
+        Image.new("RGB", (20, 10), (255, 0, 0)).save(tmp_path / label / "a.png")
+    loaded = io.load_data(str(tmp_path), cnn)
+    assert loaded.inputs.shape == (2, 6, 5, 3) and loaded.labels.tolist() == [0, 1]
+    assert loaded.inputs[0, 0, 0].tolist() == [255.0, 0.0, 0.0]
+
+
+def test_module_function_returning_inputs_and_labels(tmp_path, model, monkeypatch):
+    (tmp_path / "probe_data.py").write_text(
+        "import numpy as np\n"
+        "def load():\n    return np.zeros((3, 4), 'float32'), np.array([0, 1, 2])\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    loaded = io.load_data("probe_data:load", model)
+    assert loaded.inputs.shape == (3, 4) and loaded.labels.tolist() == [0, 1, 2]
+
+
+def test_wrong_shape_names_the_expected_shape(tmp_path, model):
+    np.save(tmp_path / "x.npy", np.zeros((2, 4, 1), "float32"))
+    with pytest.raises(KeraslensError, match=r"shape \(2, 4, 1\); the model expects \(None, 4\)"):
+        io.load_data(str(tmp_path / "x.npy"), model)
+
+
+def test_unwritable_target_is_reported_before_work(tmp_path):
+    with pytest.raises(KeraslensError, match="is a folder"):
+        io.check_writable(tmp_path)
