@@ -243,7 +243,7 @@ def test_every_steps_analyses_at_multiples_of_the_step(digits, tmp_path):
 class Subclassed(keras.Model):
     def __init__(self):
         super().__init__()
-        self.hidden = keras.layers.Dense(32, activation="relu", name="hidden")
+        self.hidden = keras.layers.Dense(64, activation="relu", name="hidden")
         self.head = keras.layers.Dense(10, activation="softmax", name="head")
 
     def call(self, x):
