@@ -86,4 +86,3 @@ def run(
         data_source="scikit-learn digits, validation split",
         **analyze_kwargs,
     )
-

@@ -132,3 +132,9 @@ def test_verbose_shows_the_traceback(files, tmp_path):
         ],
     )
     assert out.exit_code == 2 and "Traceback" in out.output
+
+
+def test_demo_refuses_an_unwritable_output_before_training(tmp_path):
+    out = CliRunner().invoke(cli, ["demo", "-o", str(tmp_path / "absent" / "demo.html")])
+    assert out.exit_code == 2 and "does not exist" in error_line(out)
+    assert "Training" not in out.output and list(tmp_path.iterdir()) == []
