@@ -145,8 +145,18 @@ class Lens:
         try:
             inputs = self.model.inputs
         except (AttributeError, ValueError):
-            return None
-        return len(inputs[0].shape) if inputs else None
+            inputs = None
+        if inputs:
+            return len(inputs[0].shape)
+        # A built subclassed model has no symbolic inputs; Keras keeps the shape it was
+        # built with (`Layer._build_shapes_dict`), which is all an input rank needs.
+        build_shapes = getattr(self.model, "_build_shapes_dict", None) or {}
+        built_with = next(iter(build_shapes.values()), None)
+        if isinstance(built_with, (tuple, list)) and all(
+            d is None or isinstance(d, int) for d in built_with
+        ):
+            return len(built_with)
+        return None
 
     def _prepare(self, batch: Any) -> Any:
         check_inputs(self.model, batch)

@@ -55,7 +55,8 @@ def select(
             (`"encoder/conv1"`, `"conv1"`), a glob on paths or names (`"conv*"`), a
             layer class (`keras.layers.Dense`), or a predicate `layer -> bool`.
     """
-    everything = list(walk(model))
+    # Input layers are never called in the forward pass: there is nothing to capture.
+    everything = [(p, lay) for p, lay in walk(model) if not isinstance(lay, keras.layers.InputLayer)]
     if not everything:
         raise KeraslensError(
             f"Model {model.name!r} has no layers to capture. Build it (call it on data "
