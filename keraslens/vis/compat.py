@@ -1,0 +1,273 @@
+"""Keras 3 shims: one Functional graph from the inputs to a pre-activation score and a layer.
+
+tf-keras-vis 0.8.7 needs a Functional model whose `inputs` connect to both the score and
+the target layer's `output`. On Keras 3 that breaks three ways: `ReplaceToLinear` reads
+`output_names` (absent on Sequential), subclassed models have no `inputs`/`outputs`, and a
+layer inside a nested backbone is not connected to the outer inputs ("Graph disconnected",
+tf-keras-vis issue #63). `build_graph` rebuilds the forward pass once, sharing the user's
+layers and weights, so that all three are plain Functional tensors; the model itself is
+never modified.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+
+from keraslens.errors import KeraslensError
+
+
+@dataclass(frozen=True)
+class ExplanationGraph:
+    """The tensors an attribution method needs, all connected to `inputs`.
+
+    Args:
+        inputs: the Input tensors (a list, as tf-keras-vis calls models with lists).
+        logits: the chosen output before its activation (softmax, sigmoid, ...).
+        to_probability: maps `logits` to what the model itself outputs.
+        linear: False when the output activation could not be separated (then `logits`
+            is the model output as is).
+        target_layer: a layer whose `output` is the chosen layer's activation, for
+            tf-keras-vis's `penultimate_layer`; None when no layer was asked for.
+        layer_path: path of the chosen layer (`backbone/conv`), or None.
+    """
+
+    inputs: list
+    logits: Any
+    to_probability: Callable[[Any], Any]
+    linear: bool
+    target_layer: keras.layers.Layer | None
+    layer_path: str | None
+
+    def score_model(self) -> keras.Model:
+        """A Functional model from the inputs to the pre-activation score."""
+        return keras.Model(self.inputs, self.logits)
+
+    def layer_model(self) -> keras.Model:
+        """A Functional model from the inputs to the chosen layer's activation."""
+        if self.target_layer is None:
+            raise KeraslensError("No layer was chosen; pass `layer=` to build a layer model.")
+        return keras.Model(self.inputs, self.target_layer.output)
+
+
+def input_shape_of(model: keras.Model, x: np.ndarray | None = None) -> tuple:
+    """The shape of one input sample, checked against `x` when given.
+
+    Raises:
+        KeraslensError: for multi-input models, or when `x` does not fit the model.
+    """
+    declared = _declared_inputs(model)
+    if declared is not None and len(declared) != 1:
+        raise KeraslensError(
+            f"Model {model.name!r} has {len(declared)} inputs; keraslens.vis explains "
+            "single-input models. Wrap the model so that it takes one tensor."
+        )
+    if x is None:
+        if declared is None:
+            raise KeraslensError(
+                f"Model {model.name!r} is subclassed and has no declared input; pass data "
+                "so that keraslens can read the input shape."
+            )
+        return tuple(declared[0].shape[1:])
+    x = np.asarray(x)
+    if declared is None:
+        return tuple(x.shape[1:])
+    expected = tuple(declared[0].shape[1:])
+    fits = x.ndim == len(expected) + 1 and all(
+        e is None or e == s for e, s in zip(expected, x.shape[1:], strict=True)
+    )
+    if not fits:
+        hint = " Add the batch axis: x[None]." if x.shape == expected else ""
+        raise KeraslensError(
+            f"x has shape {x.shape} but model {model.name!r} takes batches of shape "
+            f"(N, {', '.join(str(d) for d in expected)}).{hint}"
+        )
+    return tuple(x.shape[1:])
+
+
+def _declared_inputs(model: keras.Model) -> list | None:
+    if isinstance(model, keras.Sequential):
+        try:
+            return model.inputs
+        except (AttributeError, ValueError):
+            return None
+    return getattr(model, "inputs", None)
+
+
+def functional_view(model: keras.layers.Layer, input_shape: Sequence) -> keras.Model:
+    """A Functional model computing `model` with the same layers (and so the same weights).
+
+    Sequential models are replayed layer by layer; subclassed models are traced by calling
+    their `call` on a symbolic input, which records every inner layer call as a graph node.
+    A subclassed model whose `call` is not traceable (raw TensorFlow ops) becomes a single
+    opaque layer: gradients to its input still work, its inner layers are out of reach.
+    """
+    if _is_functional(model):
+        return model
+    inputs = keras.Input(shape=tuple(input_shape))
+    if isinstance(model, keras.Sequential):
+        outputs = inputs
+        for layer in model.layers:
+            outputs = layer(outputs)
+        return keras.Model(inputs, outputs)
+    try:
+        outputs = model.call(inputs)
+    except Exception:  # any failure to trace means the call is opaque, not that it is wrong
+        outputs = model(inputs)
+    return keras.Model(inputs, outputs)
+
+
+def is_opaque(view: keras.Model, model: keras.layers.Layer) -> bool:
+    """True when `functional_view` could only wrap `model` whole (an untraceable `call`)."""
+    return any(layer is model for layer in view.layers)
+
+
+def _is_functional(model: keras.layers.Layer) -> bool:
+    return (
+        isinstance(model, keras.Model)
+        and not isinstance(model, keras.Sequential)
+        and getattr(model, "outputs", None) is not None
+    )
+
+
+def build_graph(
+    model: keras.Model,
+    input_shape: Sequence,
+    output: int | str | None = None,
+    layer: str | None = None,
+) -> ExplanationGraph:
+    """Rebuild `model`'s forward pass with its pre-activation score and a layer exposed.
+
+    Args:
+        model: a Functional, Sequential or subclassed Keras model with one input.
+        input_shape: the shape of one sample.
+        output: which output to explain, by index or name; None for a single-output model.
+        layer: path of the layer whose activation is needed (`"backbone/Conv_1"`), or None.
+
+    Returns:
+        An `ExplanationGraph`.
+    """
+    view = functional_view(model, input_shape)
+    path = layer.split("/") if layer else []
+    if path:
+        check_path(view, path)
+    inputs, outputs, activation, calls = _replay(view, path)
+    chosen = outputs[_output_index(view, output)]
+    logits, to_probability, linear = _pre_activation(chosen, calls)
+    target_layer = None
+    if activation is not None:
+        target_layer = keras.layers.Identity()
+        target_layer(activation)
+    return ExplanationGraph(inputs, logits, to_probability, linear, target_layer, layer or None)
+
+
+def check_path(model: keras.Model, path: Sequence[str], prefix: str = "") -> None:
+    """Raise a `KeraslensError` naming the missing part when `path` is not in `model`."""
+    names = [lay.name for lay in model.layers if not isinstance(lay, keras.layers.InputLayer)]
+    if path[0] not in names:
+        where = f"inside {prefix.rstrip('/')!r}" if prefix else f"in model {model.name!r}"
+        raise KeraslensError(
+            f"Layer {prefix + '/'.join(path)!r} not found: there is no {path[0]!r} {where}. "
+            f"Layers there: {', '.join(names[-30:])}. Name a nested layer by its path, "
+            "e.g. 'backbone/conv'."
+        )
+    if len(path) > 1:
+        inner = model.get_layer(path[0])
+        if not isinstance(inner, keras.Model):
+            raise KeraslensError(
+                f"Layer {prefix + path[0]!r} is a {type(inner).__name__}, not a model, so it "
+                f"has no layer {path[1]!r}; drop the path after {path[0]!r}."
+            )
+        check_path(inner, path[1:], prefix + path[0] + "/")
+
+
+def _replay(view: keras.Model, path: Sequence[str]) -> tuple[list, list, Any, dict]:
+    """Re-run `view`'s graph on fresh Inputs with the user's own layers.
+
+    Returns the new inputs, the new outputs, the activation at `path` (or None) and, for
+    every produced tensor, the `(layer, args, kwargs)` call that made it.
+    """
+    calls: dict[int, tuple] = {}
+    found: dict[str, Any] = {}
+    head, rest = (path[0], path[1:]) if path else (None, ())
+
+    def call(layer, *args, **kwargs):
+        if layer.name == head and rest:
+            inner = _exposing(functional_view(layer, args[0].shape[1:]), rest)
+            out, found["activation"] = inner(*args, **kwargs)
+        else:
+            out = layer(*args, **kwargs)
+            if layer.name == head:
+                found["activation"] = out
+        calls[id(out)] = (layer, args, kwargs)
+        return out
+
+    replayed = keras.models.clone_model(view, clone_function=lambda lay: lay, call_function=call)
+    return list(replayed.inputs), list(replayed.outputs), found.get("activation"), calls
+
+
+def _exposing(view: keras.Model, path: Sequence[str]) -> keras.Model:
+    """`view` with the activation at `path` as an extra output: `x -> [outputs, activation]`."""
+    inputs, outputs, activation, _ = _replay(view, path)
+    return keras.Model(inputs[0], [outputs[0] if len(outputs) == 1 else outputs, activation])
+
+
+def _output_index(view: keras.Model, output: int | str | None) -> int:
+    count = len(view.outputs)
+    if output is None:
+        if count > 1:
+            raise KeraslensError(
+                f"Model {view.name!r} has {count} outputs {view.output_names}; choose one "
+                "with output=<index or name>."
+            )
+        return 0
+    if isinstance(output, str):
+        if output not in view.output_names:
+            raise KeraslensError(
+                f"Model {view.name!r} has no output {output!r}; its outputs: {view.output_names}."
+            )
+        return view.output_names.index(output)
+    if not -count <= output < count:
+        raise KeraslensError(
+            f"output={output} is out of range: model {view.name!r} has {count} output(s)."
+        )
+    return output % count
+
+
+def _pre_activation(tensor: Any, calls: dict) -> tuple[Any, Callable, bool]:
+    """The tensor before the activation that produced `tensor`, and that activation."""
+    layer, args, kwargs = calls[id(tensor)]
+    if isinstance(layer, keras.layers.Softmax):
+        return args[0], layer, True
+    activation = getattr(layer, "activation", None)
+    if activation is not None:
+        if keras.activations.serialize(activation) == "linear":
+            return tensor, _default_probability, True
+        config = {**layer.get_config(), "activation": "linear"}
+        config.pop("name", None)
+        twin = type(layer).from_config(config)
+        logits = twin(*args, **kwargs)
+        twin.set_weights(layer.get_weights())
+        return logits, activation, True
+    if isinstance(layer, keras.Model):
+        inner = functional_view(layer, args[0].shape[1:])
+        if not is_opaque(inner, layer):
+            graph = build_graph(inner, args[0].shape[1:])
+            if graph.linear:
+                return graph.score_model()(*args, **kwargs), graph.to_probability, True
+    return tensor, _identity, False
+
+
+def _default_probability(logits: Any) -> Any:
+    # A model that already outputs logits: its class probabilities are their softmax.
+    if logits.shape[-1] == 1:
+        return keras.activations.sigmoid(logits)
+    return keras.activations.softmax(logits)
+
+
+def _identity(values: Any) -> Any:
+    return values
