@@ -20,8 +20,6 @@ from keraslens.errors import KeraslensError
 
 Progress = Callable[[int, "int | None"], None]
 
-_fused_batch_stats = tf.function(reduce.batch_stats, jit_compile=True)
-
 
 @dataclass(frozen=True)
 class CallSite:
@@ -52,7 +50,9 @@ class Lens:
         epsilon: distance from an activation's bound (on its output scale) that
             counts as "at the bound".
         histogram_samples: how many samples of each batch feed the layer
-            histogram (None: all). The other statistics always use every sample.
+            histogram (None: all). The other statistics always use every sample;
+            the default keeps the histogram's cost small (its bucketing cannot be
+            fused with the other reductions) while sampling every batch.
 
     Example:
 
@@ -69,7 +69,7 @@ class Lens:
         layers: LayerSelector | Iterable[LayerSelector] | None = None,
         *,
         epsilon: float = 0.01,
-        histogram_samples: int | None = None,
+        histogram_samples: int | None = 32,
     ) -> None:
         if not isinstance(model, keras.layers.Layer):
             raise KeraslensError(
@@ -223,6 +223,21 @@ class Lens:
 
     def _forward_activations(self, x: Any) -> dict[str, tf.Tensor]:
         return {key: tensor for key, (_, tensor) in self._record(x).items()}
+
+
+_FUSED: dict[tuple, Callable] = {}
+
+
+def _fused_batch_stats(values: tf.Tensor, bounds: tuple[float, float] | None):
+    """`reduce.batch_stats` compiled with XLA, once per (shape, bounds) for the process.
+
+    Every Lens shares the compiled functions, and since a key is only ever traced
+    once, TensorFlow never sees (and warns about) a function retracing.
+    """
+    key = (tuple(values.shape), bounds)
+    if key not in _FUSED:
+        _FUSED[key] = tf.function(reduce.batch_stats, jit_compile=True)
+    return _FUSED[key](values, bounds)
 
 
 def _as_input_tensor(value: Any) -> tf.Tensor:
