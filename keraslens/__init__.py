@@ -1,30 +1,44 @@
-"""keraslens: see what happens inside a Keras model."""
+"""keraslens: see what happens inside a Keras model.
 
+Public names are imported on first use, so `keraslens --help` and plugin discovery
+start without loading TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib
 from importlib.metadata import PackageNotFoundError, version
-
-from keraslens import plugins
-from keraslens.capture import LayerStats, Lens
-from keraslens.errors import KeraslensError
-from keraslens.plugin import (
-    PLUGIN_API_VERSION,
-    AnalysisContext,
-    Figure,
-    Finding,
-    Option,
-    Plugin,
-    PluginResult,
-    Table,
-)
-from keraslens.result import AnalysisResult, PluginRun
-from keraslens.runner import analyze
+from typing import TYPE_CHECKING, Any
 
 try:
     __version__ = version("keraslens")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0"
 
+_EXPORTS = {
+    "AnalysisContext": "keraslens.plugin",
+    "AnalysisResult": "keraslens.result",
+    "Figure": "keraslens.plugin",
+    "Finding": "keraslens.plugin",
+    "KeraslensError": "keraslens.errors",
+    "LayerStats": "keraslens.capture",
+    "Lens": "keraslens.capture",
+    "LensCallback": "keraslens.callback",
+    "Option": "keraslens.plugin",
+    "PLUGIN_API_VERSION": "keraslens.plugin",
+    "Plugin": "keraslens.plugin",
+    "PluginResult": "keraslens.plugin",
+    "PluginRun": "keraslens.result",
+    "Table": "keraslens.plugin",
+    "analyze": "keraslens.runner",
+    "heatmap": "keraslens.vis",
+    "load_data": "keraslens.io",
+    "load_model": "keraslens.io",
+    "maximize": "keraslens.vis",
+    "render_html": "keraslens.report",
+}
+
 __all__ = [
-    "PLUGIN_API_VERSION",
     "AnalysisContext",
     "AnalysisResult",
     "Figure",
@@ -32,12 +46,55 @@ __all__ = [
     "KeraslensError",
     "LayerStats",
     "Lens",
+    "LensCallback",
     "Option",
+    "PLUGIN_API_VERSION",
     "Plugin",
     "PluginResult",
     "PluginRun",
     "Table",
     "__version__",
     "analyze",
+    "heatmap",
+    "load_data",
+    "load_model",
+    "maximize",
     "plugins",
+    "render_html",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "plugins":
+        return importlib.import_module("keraslens.plugins")
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'keraslens' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:
+    from keraslens import plugins
+    from keraslens.callback import LensCallback
+    from keraslens.capture import LayerStats, Lens
+    from keraslens.errors import KeraslensError
+    from keraslens.io import load_data, load_model
+    from keraslens.plugin import (
+        PLUGIN_API_VERSION,
+        AnalysisContext,
+        Figure,
+        Finding,
+        Option,
+        Plugin,
+        PluginResult,
+        Table,
+    )
+    from keraslens.report import render_html
+    from keraslens.result import AnalysisResult, PluginRun
+    from keraslens.runner import analyze
+    from keraslens.vis import heatmap, maximize
