@@ -16,4 +16,4 @@ fi
 
 .venv/bin/ruff check .
 .venv/bin/mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
-exec .venv/bin/python -m pytest -n 2 "$@"
+exec .venv/bin/python -m pytest -n 2 --dist loadfile "$@"
