@@ -91,6 +91,7 @@ class Lens:
         self.sites: list[CallSite] = []
         self._stats_step = tf.function(self._forward_stats)
         self._activations_step = tf.function(self._forward_activations)
+        self._distributed_capture = None
 
     @property
     def paths(self) -> list[str]:
@@ -103,6 +104,7 @@ class Lens:
         batch_size: int = 256,
         *,
         progress: Progress | None = None,
+        strategy: tf.distribute.Strategy | None = None,
     ) -> dict[str, LayerStats]:
         """Run the model over `data` in inference mode and return statistics per call site.
 
@@ -110,11 +112,19 @@ class Lens:
             data: NumPy array, tuple/dict of arrays, `tf.data.Dataset` or `PyDataset`.
             batch_size: samples per step for array data (datasets keep their batching).
             progress: called as `progress(samples_done, total_or_None)` after each batch.
+            strategy: a `tf.distribute.Strategy` to run the capture on (`MirroredStrategy`,
+                `MultiWorkerMirroredStrategy`); None: the strategy of the enclosing
+                `strategy.scope()`, if any. Distributed, `batch_size` is the global batch
+                and datasets are re-batched (see docs/scale.md).
 
         Returns:
             A dict from layer path (`path@i` for the i-th call of a shared layer)
             to `LayerStats`, in model order.
         """
+        if strategy is None and tf.distribute.has_strategy():
+            strategy = tf.distribute.get_strategy()
+        if strategy is not None:
+            return self._distributed(strategy).capture(data, batch_size, progress)
         batches, total = iterate_batches(data, batch_size, self._input_rank())
         stats: dict[str, LayerStats] = {}
         done = 0
@@ -131,6 +141,13 @@ class Lens:
         if done == 0:
             raise KeraslensError("The data is empty: there are no samples to capture.")
         return stats
+
+    def _distributed(self, strategy: tf.distribute.Strategy):
+        from keraslens.capture.distributed import DistributedCapture
+
+        if self._distributed_capture is None or self._distributed_capture.strategy is not strategy:
+            self._distributed_capture = DistributedCapture(self, strategy)
+        return self._distributed_capture
 
     def activations(self, x: Any) -> dict[str, np.ndarray]:
         """Raw activations of a small batch, as a dict from call-site key to array.

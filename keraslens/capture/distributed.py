@@ -1,0 +1,307 @@
+"""Capture under a `tf.distribute` strategy: per-replica accumulators, merged by the strategy.
+
+Each replica runs the model and the same reductions as `Lens.capture` on its own
+batches, and adds them into accumulators of its own (sync-on-read variables, like
+Keras metrics). Nothing crosses replicas until the end, except once at the first
+step, when the replicas agree on a common shift per unit (the mean of the first
+global batch, all-reduced). Every replica then accumulates sums of `x - shift`
+and `(x - shift)^2`, so the partials of all replicas are plain sums: one
+`strategy.reduce(SUM)` merges them exactly, whatever the split, and one
+`strategy.gather` brings the per-replica minima and maxima. What is exchanged is
+a few vectors per layer, independent of the number of samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from keraslens.capture import reduce
+from keraslens.capture.data import _x_of
+from keraslens.capture.stats import HIST_BINS, LayerStats
+from keraslens.errors import KeraslensError
+
+_SUMMED_ROWS = (0, 1, 2, 5, 6, 7, 8, 9, 10)  # rows of `reduce.STAT_NAMES` merged by a sum
+_FUSED: dict[tuple, Callable] = {}
+
+
+@dataclass
+class _Accumulators:
+    """One call site's per-replica state: shift, moments (11, units), histogram, samples."""
+
+    shift: tf.Variable
+    moments: tf.Variable
+    hist: tf.Variable
+    samples: tf.Variable
+
+
+class DistributedCapture:
+    """`Lens.capture` run by a `tf.distribute` strategy; built once per (lens, strategy).
+
+    Args:
+        lens: the `Lens` whose layers and settings to use.
+        strategy: a `tf.distribute.Strategy` (`MirroredStrategy`,
+            `MultiWorkerMirroredStrategy`, ...).
+
+    `exchanged_bytes` holds, after a capture, how many bytes each replica
+    contributed to cross-replica operations (the shift agreement and the merge).
+    """
+
+    def __init__(self, lens: Any, strategy: tf.distribute.Strategy) -> None:
+        self.lens = lens
+        self.strategy = strategy
+        self.exchanged_bytes = 0
+        self._sites: list = []
+        self._state: dict[str, _Accumulators] = {}
+        run = strategy.run
+        self._first_step = tf.function(lambda b: run(lambda x: self._replica_step(x, True), (b,)))
+        self._step = tf.function(lambda b: run(lambda x: self._replica_step(x, False), (b,)))
+        self._partials = tf.function(lambda: run(self._replica_partials))
+        self._reset = tf.function(lambda: run(self._replica_reset))
+
+    def capture(
+        self, data: Any, batch_size: int, progress: Callable[[int, int | None], None] | None
+    ) -> dict[str, LayerStats]:
+        """Statistics of `data` per call site, equal to a single-device `Lens.capture`."""
+        dataset, total = self._distribute(data, batch_size)
+        # One trace for every batch size: the last, partial batches included.
+        for step in (self._first_step, self._step):
+            step.get_concrete_function(dataset.element_spec)
+        self._reset()
+        done = 0
+        for index, batch in enumerate(dataset):
+            (self._step if index else self._first_step)(batch)
+            local = self.strategy.experimental_local_results(tf.nest.flatten(batch)[0])
+            done += sum(int(t.shape[0]) for t in local)
+            if progress is not None:
+                progress(done, total)
+        return self._merge()
+
+    # Data -------------------------------------------------------------------------------
+
+    def _distribute(self, data: Any, batch_size: int):
+        """The distributed dataset of model inputs, and the sample count when it is known.
+
+        Each input pipeline (one per worker) keeps every k-th sample, then batches
+        `batch_size / replicas` samples per replica. A callable `data` is used as is:
+        `data(input_context)` returns that worker's per-replica batched dataset.
+        """
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise KeraslensError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        total = None
+        if callable(data) and not isinstance(data, tf.data.Dataset):
+            make = data
+            first = next(iter(data(tf.distribute.InputContext())), None)
+        else:
+            elements, total = _sample_dataset(data, self.lens._input_rank())
+
+            def make(context: tf.distribute.InputContext) -> tf.data.Dataset:
+                per_replica = -(-batch_size // context.num_replicas_in_sync)
+                shard = elements.shard(context.num_input_pipelines, context.input_pipeline_id)
+                return shard.batch(per_replica)
+
+            first = next(iter(elements.batch(1)), None)
+        if first is None:
+            raise KeraslensError("The data is empty: there are no samples to capture.")
+        self._prepare(_x_of(first))
+        if self.strategy.extended._in_multi_worker_mode():  # each worker sees its own part
+            total = None
+        dataset = self.strategy.distribute_datasets_from_function(
+            lambda context: make(context).map(_x_of)
+        )
+        return dataset, total
+
+    def _prepare(self, batch: Any) -> None:
+        """Build the model, find the call sites and create their accumulators (once)."""
+        batch = self.lens._prepare(batch)
+        if self._state:
+            return
+        found: list = []
+
+        def trace(x):
+            found.extend(site for site, _ in self.lens._record(x).values())
+            return tf.constant(0)
+
+        specs = tf.nest.map_structure(lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype), batch)
+        tf.function(trace).get_concrete_function(specs)
+        self._sites = found
+        self.lens.sites = found
+        with self.strategy.scope():
+            self._state = {site.key: _accumulators(site.units) for site in found}
+
+    # Replica functions ------------------------------------------------------------------
+
+    def _replica_step(self, batch: Any, agree_shift: bool) -> None:
+        from keraslens.capture.lens import _as_input_tensor
+
+        recorded = self.lens._record(tf.nest.map_structure(_as_input_tensor, batch))
+        values = {key: _by_unit(tensor, site.units) for key, (site, tensor) in recorded.items()}
+        if agree_shift:
+            self._agree_shift(values)
+        samples = tf.cast(tf.shape(tf.nest.flatten(batch)[0])[0], tf.float64)
+        for key, (site, _) in recorded.items():
+            state = self._state[key]
+            bounds = None
+            if site.bounds is not None:
+                eps = self.lens.epsilon
+                bounds = (site.bounds[0] + eps, site.bounds[1] - eps)
+            moments = _fused_moments(values[key], bounds)(values[key], state.shift.read_value())
+            state.moments.assign(_accumulate(state.moments.read_value(), moments))
+            sampled = values[key]
+            if self.lens.histogram_samples is not None:
+                sampled = sampled[: self.lens.histogram_samples]
+            state.hist.assign_add(tf.cast(reduce.histogram(sampled), tf.float64))
+            state.samples.assign_add(samples)
+
+    def _agree_shift(self, values: dict[str, tf.Tensor]) -> None:
+        """Set every replica's shift to the mean of the first global batch (0 where empty)."""
+        parts = []
+        for key in self._state:
+            finite = tf.math.is_finite(values[key])
+            parts.append(tf.reduce_sum(tf.cast(finite, tf.float32), [0, 1]))
+            parts.append(tf.reduce_sum(tf.where(finite, values[key], 0.0), [0, 1]))
+        summed = tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM, tf.concat(parts, 0)
+        )
+        start = 0
+        for state in self._state.values():
+            units = state.shift.shape[0]
+            n, total = summed[start : start + units], summed[start + units : start + 2 * units]
+            state.shift.assign(tf.math.divide_no_nan(total, n))
+            start += 2 * units
+
+    def _replica_partials(self) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """This replica's sums (one flat vector), extremes (1, 2 * units) and shifts."""
+        sums, extremes, shifts = [], [], []
+        for state in self._state.values():
+            moments = state.moments.read_value()
+            sums += [tf.reshape(tf.gather(moments, _SUMMED_ROWS), [-1]), state.hist.read_value()]
+            sums.append(state.samples.read_value()[None])
+            extremes += [-moments[3], moments[4]]
+            shifts.append(state.shift.read_value())
+        return tf.concat(sums, 0), tf.concat(extremes, 0)[None], tf.concat(shifts, 0)
+
+    def _replica_reset(self) -> None:
+        for state in self._state.values():
+            state.moments.assign(_empty_moments(state.moments.shape[1]))
+            state.hist.assign(tf.zeros_like(state.hist))
+            state.samples.assign(tf.zeros_like(state.samples))
+
+    # Merge ------------------------------------------------------------------------------
+
+    def _merge(self) -> dict[str, LayerStats]:
+        """All-reduce the sums, gather the extremes, and turn them into `LayerStats`."""
+        from keraslens.capture.lens import _batch_layer_stats
+
+        sums, extremes, shifts = self._partials()
+        local_sums = self.strategy.experimental_local_results(sums)[0]
+        local_extremes = self.strategy.experimental_local_results(extremes)[0]
+        units = [site.units for site in self._sites]
+        self.exchanged_bytes = (
+            2 * sum(units) * 4 + local_sums.numpy().nbytes + local_extremes.numpy().nbytes
+        )
+        total = self.strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None).numpy()
+        highest = self.strategy.gather(extremes, axis=0).numpy().max(axis=0)
+        shift = self.strategy.experimental_local_results(shifts)[0].numpy()
+        summed = _pieces(total, [n for u in units for n in (9 * u, HIST_BINS, 1)])
+        extreme = _pieces(highest, [u for u in units for _ in range(2)])
+        shifts_by_site = _pieces(shift, units)
+        stats = {}
+        for site in self._sites:
+            moments = np.empty((len(reduce.STAT_NAMES), site.units))
+            moments[list(_SUMMED_ROWS)] = next(summed).reshape(9, site.units)
+            hist, samples = next(summed), int(round(next(summed)[0]))
+            moments[3], moments[4] = -next(extreme), next(extreme)
+            outputs = [tf.constant(a) for a in (moments, next(shifts_by_site), hist)]
+            stats[site.key] = _batch_layer_stats(site, outputs, samples, self.lens.epsilon)
+        if not stats or next(iter(stats.values())).samples == 0:
+            raise KeraslensError("The data is empty: there are no samples to capture.")
+        return stats
+
+
+def _pieces(vector: np.ndarray, sizes: list[int]):
+    """Consecutive slices of `vector` with the given sizes."""
+    return iter(np.split(vector, np.cumsum(sizes)[:-1]))
+
+
+def _sample_dataset(data: Any, input_rank: int | None) -> tuple[tf.data.Dataset, int | None]:
+    """`data` as a dataset of single samples (model inputs only), and its size when known."""
+    from keraslens.capture.data import _arrays, _length
+
+    if isinstance(data, tf.data.Dataset):
+        spec = tf.nest.flatten(_x_of(data.element_spec))[0]
+        data = data.map(_x_of)
+        if input_rank is None or spec.shape.rank != input_rank - 1:
+            data = data.unbatch()
+        return data, None
+    if not isinstance(data, (np.ndarray, tuple, list, dict)) and not tf.is_tensor(data):
+        raise KeraslensError(
+            f"Distributed capture reads arrays and tf.data datasets, got {type(data).__name__}; "
+            "wrap it in a tf.data.Dataset (e.g. Dataset.from_generator)."
+        )
+    structure = _arrays(data)
+    return tf.data.Dataset.from_tensor_slices(structure), _length(structure)
+
+
+def _accumulators(units: int) -> _Accumulators:
+    def variable(initial) -> tf.Variable:
+        return tf.Variable(
+            initial,
+            trainable=False,
+            synchronization=tf.VariableSynchronization.ON_READ,
+            aggregation=tf.VariableAggregation.SUM,
+        )
+
+    return _Accumulators(
+        shift=variable(tf.zeros(units, tf.float32)),
+        moments=variable(_empty_moments(units)),
+        hist=variable(tf.zeros(HIST_BINS, tf.float64)),
+        samples=variable(tf.zeros((), tf.float64)),
+    )
+
+
+def _empty_moments(units: int) -> tf.Tensor:
+    rows = [tf.zeros(units, tf.float64)] * len(reduce.STAT_NAMES)
+    rows[3] = tf.fill([units], tf.constant(np.inf, tf.float64))
+    rows[4] = -rows[3]
+    return tf.stack(rows)
+
+
+def _by_unit(tensor: tf.Tensor, units: int) -> tf.Tensor:
+    values = tf.cast(tensor, tf.float32)
+    return tf.reshape(values, [tf.shape(values)[0], -1, units])
+
+
+def _accumulate(total: tf.Tensor, part: tf.Tensor) -> tf.Tensor:
+    summed = total + part
+    low = tf.minimum(total[3:4], part[3:4])
+    high = tf.maximum(total[4:5], part[4:5])
+    return tf.concat([summed[:3], low, high, summed[5:]], 0)
+
+
+def _replica_moments(values: tf.Tensor, shift: tf.Tensor, bounds) -> tf.Tensor:
+    """`reduce.batch_stats` around a given shift, for any batch size (0 included)."""
+    fast = reduce._chunk_stats(values, shift, bounds, masked=False)
+    clean = tf.reduce_all(tf.math.is_finite(fast[1:3]))
+    stats = tf.cond(
+        clean, lambda: fast, lambda: reduce._chunk_stats(values, shift, bounds, masked=True)
+    )
+    return tf.cast(stats, tf.float64)
+
+
+def _fused_moments(values: tf.Tensor, bounds: tuple[float, float] | None) -> Callable:
+    """`_replica_moments` compiled with XLA, once per (positions, units, bounds) per process.
+
+    XLA compiles again for each new batch size at run time (the last, partial batch),
+    which the distributed input makes dynamic.
+    """
+    key = (tuple(values.shape[1:]), bounds)
+    if key not in _FUSED:
+        _FUSED[key] = tf.function(
+            lambda v, s: _replica_moments(v, s, bounds), jit_compile=True, reduce_retracing=True
+        )
+    return _FUSED[key]

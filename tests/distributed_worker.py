@@ -1,0 +1,103 @@
+"""Run `Lens.capture` under a tf.distribute strategy and print the statistics as JSON.
+
+Launched by tests/test_distributed.py in a process of its own, because logical CPU
+devices and a multi-worker cluster must be set up before TensorFlow starts its devices.
+
+Usage:
+    python distributed_worker.py CASES.json --devices 4   # MirroredStrategy over logical CPUs
+    python distributed_worker.py CASES.json --multiworker # MultiWorkerMirroredStrategy (TF_CONFIG)
+
+CASES.json lists cases `{"model": path.keras, "data": path.npz, "batch_size": int,
+"devices": int (mirrored only), "dataset": bool}`. The output is one JSON line: a list with,
+per case, `{"stats": {key: {field: value}}, "exchanged_bytes": int, "replicas": int}`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import tensorflow as tf  # noqa: E402
+
+FIELDS = (
+    "samples",
+    "count",
+    "finite_count",
+    "positive_count",
+    "sample_positive_count",
+    "nan_count",
+    "inf_count",
+    "lower_count",
+    "upper_count",
+    "mean",
+    "m2",
+    "min",
+    "max",
+    "hist_counts",
+)
+
+
+def strategies(args: argparse.Namespace):
+    """A function from a case to its strategy; set up before TensorFlow starts its devices."""
+    if args.multiworker:
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        return lambda case: strategy
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * args.devices
+    )
+    made: dict[int, tf.distribute.Strategy] = {}
+
+    def mirrored(case: dict) -> tf.distribute.Strategy:
+        devices = case["devices"]
+        if devices not in made:
+            # Strategies in one process must not share collective group keys, else one of 4
+            # devices joins a group of 2; TF's own tests (strategy_combinations) do the same.
+            tf.distribute.MirroredStrategy._collective_key_base = 10_000 * len(made)
+            made[devices] = tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(devices)])
+        return made[devices]
+
+    return mirrored
+
+
+def run_case(case: dict, strategy: tf.distribute.Strategy) -> dict:
+    import keras
+    import numpy as np
+
+    from keraslens import Lens
+
+    model = keras.saving.load_model(case["model"])
+    with np.load(case["data"]) as arrays:
+        inputs = {name: arrays[name] for name in arrays.files}
+    data = inputs["x"] if list(inputs) == ["x"] else inputs
+    if case.get("dataset"):
+        data = tf.data.Dataset.from_tensor_slices(data).batch(7)
+    lens = Lens(model, histogram_samples=None)
+    stats = lens.capture(data, case["batch_size"], strategy=strategy)
+    return {
+        "stats": {
+            key: {name: np.asarray(getattr(s, name)).tolist() for name in FIELDS}
+            for key, s in stats.items()
+        },
+        "exchanged_bytes": lens._distributed_capture.exchanged_bytes,
+        "replicas": strategy.num_replicas_in_sync,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("cases")
+    parser.add_argument("--devices", type=int, default=1)
+    parser.add_argument("--multiworker", action="store_true")
+    args = parser.parse_args()
+    strategy_for = strategies(args)
+    with open(args.cases, encoding="utf-8") as file:
+        cases = json.load(file)
+    print(json.dumps([run_case(case, strategy_for(case)) for case in cases]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""Capture under tf.distribute equals the single-device capture, on really distributed runs.
+
+MirroredStrategy runs over 2 to 4 logical CPU devices and MultiWorkerMirroredStrategy over
+two worker processes on 127.0.0.1; both need TensorFlow's devices set up before it starts,
+so they run `distributed_worker.py` in subprocesses (one for every mirrored case, two for
+the cluster). The oracle is `Lens.capture` on one device in this process, on the same saved
+model and data; `test_capture.py` checks that one against NumPy. Sample counts never divide
+evenly across replicas, and the last step leaves some replicas without data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import build_nested, build_sequential, build_two_in_two_out
+
+from keraslens import Lens
+
+WORKER = Path(__file__).with_name("distributed_worker.py")
+TIMEOUT = 600
+COUNTS = (
+    "samples",
+    "count",
+    "finite_count",
+    "positive_count",
+    "sample_positive_count",
+    "nan_count",
+    "inf_count",
+    "lower_count",
+    "upper_count",
+    "hist_counts",
+)
+
+
+def save_case(folder: Path, name: str, model: keras.Model, inputs: dict, **case) -> dict:
+    """Save the model and the data of one case; return the case for the worker."""
+    model_path, data_path = folder / f"{name}.keras", folder / f"{name}.npz"
+    model.save(model_path)
+    np.savez(data_path, **inputs)
+    return {"name": name, "model": str(model_path), "data": str(data_path), **case}
+
+
+def single_device(case: dict) -> dict:
+    """The oracle: statistics of the case captured on one device, in this process."""
+    model = keras.saving.load_model(case["model"])
+    with np.load(case["data"]) as arrays:
+        inputs = {name: arrays[name] for name in arrays.files}
+    data = inputs["x"] if list(inputs) == ["x"] else inputs
+    return Lens(model, histogram_samples=None).capture(data, case["batch_size"])
+
+
+def run_worker(cases: list[dict], folder: Path, *args: str, env: dict | None = None):
+    path = folder / f"cases-{len(list(folder.glob('cases-*')))}.json"
+    path.write_text(json.dumps(cases))
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), str(path), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def results_of(process: subprocess.Popen) -> list[dict]:
+    out, err = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 0, err[-3000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def assert_same_stats(got: dict, expected: dict) -> None:
+    assert list(got) == list(expected)
+    for key, stats in expected.items():
+        for name in COUNTS:
+            np.testing.assert_array_equal(got[key][name], getattr(stats, name), err_msg=key)
+        for name in ("mean", "min", "max"):
+            np.testing.assert_allclose(
+                got[key][name], getattr(stats, name), rtol=1e-5, atol=1e-6, err_msg=key
+            )
+        np.testing.assert_allclose(got[key]["m2"], stats.m2, rtol=1e-5, atol=1e-5, err_msg=key)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mirrored(tmp_path_factory) -> dict[str, tuple[dict, dict]]:
+    """Every mirrored case run in one worker process: {name: (case, worker result)}."""
+    folder = tmp_path_factory.mktemp("mirrored")
+    rng = np.random.default_rng(0)
+    keras.utils.set_random_seed(0)
+    images = rng.normal(size=(9, 6, 6, 2)).astype(np.float32)
+    images[2, 1, 1, 0] = np.nan
+    images[5, 0, 3, 1] = np.inf
+    two_inputs = {
+        "wide": rng.normal(size=(40, 6)).astype(np.float32),
+        "narrow": rng.normal(size=(40, 5)).astype(np.float32),
+    }
+    sequential = build_sequential()
+    cases = [
+        save_case(
+            folder,
+            "two_devices",
+            sequential,
+            {"x": rng.normal(2.0, 3.0, size=(47, 6)).astype(np.float32)},
+            batch_size=10,
+            devices=2,
+        ),
+        save_case(folder, "empty_replicas", build_nested(), {"x": images}, batch_size=8, devices=4),
+        save_case(
+            folder,
+            "dataset_two_inputs",
+            build_two_in_two_out(),
+            two_inputs,
+            batch_size=12,
+            devices=3,
+            dataset=True,
+        ),
+        save_case(
+            folder,
+            "many_samples",
+            sequential,
+            {"x": rng.normal(size=(470, 6)).astype(np.float32)},
+            batch_size=10,
+            devices=2,
+        ),
+    ]
+    results = results_of(run_worker(cases, folder, "--devices", "4"))
+    return {case["name"]: (case, result) for case, result in zip(cases, results, strict=True)}
+
+
+@pytest.mark.parametrize(
+    ("name", "replicas"), [("two_devices", 2), ("empty_replicas", 4), ("dataset_two_inputs", 3)]
+)
+def test_mirrored_capture_equals_single_device(mirrored, name: str, replicas: int) -> None:
+    case, result = mirrored[name]
+    assert result["replicas"] == replicas
+    assert_same_stats(result["stats"], single_device(case))
+
+
+def test_bytes_exchanged_do_not_grow_with_the_number_of_samples(mirrored) -> None:
+    few, many = mirrored["two_devices"][1], mirrored["many_samples"][1]
+    assert many["stats"]["dense_relu"]["samples"] == 10 * few["stats"]["dense_relu"]["samples"]
+    assert many["exchanged_bytes"] == few["exchanged_bytes"]
+    # Per layer: 9 summed rows, 2 extremes and 2 for the shift, per unit; the histogram.
+    units = 3 * 4
+    assert few["exchanged_bytes"] == 8 * (9 + 2) * units + 4 * 2 * units + 3 * 8 * (2048 + 1)
+
+
+def test_multiworker_capture_on_two_processes_equals_single_device(tmp_path) -> None:
+    keras.utils.set_random_seed(0)
+    images = np.random.default_rng(1).normal(size=(23, 6, 6, 2)).astype(np.float32)
+    images[4, 2, 2, 1] = np.nan
+    case = save_case(tmp_path, "cluster", build_nested(), {"x": images}, batch_size=6)
+    workers = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    processes = [
+        run_worker(
+            [case],
+            tmp_path,
+            "--multiworker",
+            env={
+                "TF_CONFIG": json.dumps(
+                    {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+                )
+            },
+        )
+        for index in range(2)
+    ]
+    try:
+        results = [results_of(process)[0] for process in processes]
+    finally:
+        for process in processes:
+            process.kill()
+    expected = single_device(case)
+    for result in results:
+        assert result["replicas"] == 2
+        assert_same_stats(result["stats"], expected)
+
+
+def test_capture_in_a_strategy_scope_runs_under_that_strategy() -> None:
+    keras.utils.set_random_seed(0)
+    model = build_sequential()
+    x = np.random.default_rng(2).normal(size=(30, 6)).astype(np.float32)
+    expected = Lens(model, histogram_samples=None).capture(x, batch_size=8)
+    lens = Lens(model, histogram_samples=None)
+    with tf.distribute.OneDeviceStrategy("/cpu:0").scope():
+        got = lens.capture(x, batch_size=8)
+    assert lens._distributed_capture is not None
+    assert_same_stats({key: vars(stats) for key, stats in got.items()}, expected)
