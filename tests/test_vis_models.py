@@ -10,7 +10,7 @@ from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
 from tf_keras_vis.utils.scores import CategoricalScore
 
 from keraslens.errors import KeraslensError
-from keraslens.vis import heatmap
+from keraslens.vis import heatmap, maximize
 from keraslens.vis.compat import build_graph
 from keraslens.vis.layers import last_spatial_layer
 
@@ -114,6 +114,20 @@ def test_untraceable_subclassed_model_still_gets_saliency(images):
     assert heatmap(model, images, "saliency").shape == (3, 12, 12)
     with pytest.raises(KeraslensError, match="use method='saliency'"):
         heatmap(model, images, "gradcam")
+
+
+def test_layer_names_that_keras_would_pick_itself_do_not_clash(images):
+    keras.utils.set_random_seed(9)
+    model = keras.Sequential(
+        [
+            keras.Input((12, 12, 3)),
+            keras.layers.Conv2D(4, 3, name="identity"),
+            keras.layers.Flatten(name="rescaling"),
+            keras.layers.Dense(3, activation="softmax", name="dense"),
+        ]
+    )
+    assert heatmap(model, images, "gradcam").shape == (3, 12, 12)
+    assert maximize(model, "identity", [0], steps=1).inputs.shape == (1, 12, 12, 3)
 
 
 # --- a backbone nested as one layer (tf-keras-vis issue #63) --------------------------------

@@ -76,12 +76,27 @@ class InputIntensity(Method):
 
 def test_randomisation_passes_gradcam_and_rejects_a_weight_free_map(planted):
     model, x, y = planted
-    gradcam = randomization_test(model, x[:12], "gradcam", targets=y[:12], seed=1)
-    intensity = randomization_test(model, x[:12], InputIntensity, targets=y[:12], seed=1)
-    assert gradcam.correlation.mean() < SIMILARITY_THRESHOLD
+    gradcam = randomization_test(model, x[:12], "gradcam", targets=y[:12], weights_seed=1)
+    intensity = randomization_test(model, x[:12], InputIntensity, targets=y[:12], weights_seed=1)
+    assert gradcam.mean_correlation < SIMILARITY_THRESHOLD
     assert gradcam.passes()
     np.testing.assert_allclose(intensity.correlation, 1.0)
     assert not intensity.passes()
+
+
+class Flat(InputIntensity):
+    """A "method" whose maps highlight nothing."""
+
+    def _maps(self, score, x):
+        score(self.score_model([x]))
+        return np.zeros(x.shape[:-1])
+
+
+def test_flat_maps_cannot_pass(planted):
+    model, x, y = planted
+    flat = randomization_test(model, x[:3], Flat, targets=y[:3])
+    assert np.isnan(flat.correlation).all()
+    assert not flat.informative and not flat.passes()
 
 
 def test_randomised_copy_explains_the_same_targets_with_other_maps(planted):

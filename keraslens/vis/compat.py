@@ -160,7 +160,7 @@ def build_graph(
     logits, to_probability, linear = _pre_activation(chosen, calls)
     target_layer = None
     if activation is not None:
-        target_layer = keras.layers.Identity()
+        target_layer = keras.layers.Identity(name="keraslens_target")
         target_layer(activation)
     return ExplanationGraph(inputs, logits, to_probability, linear, target_layer, layer or None)
 
@@ -247,9 +247,9 @@ def _pre_activation(tensor: Any, calls: dict) -> tuple[Any, Callable, bool]:
     if activation is not None:
         if keras.activations.serialize(activation) == "linear":
             return tensor, _default_probability, True
-        config = {**layer.get_config(), "activation": "linear"}
-        config.pop("name", None)
-        twin = type(layer).from_config(config)
+        # An explicit name: an automatic one ("dense") can clash with the user's layers.
+        name = f"{layer.name}_keraslens_logits"
+        twin = type(layer).from_config({**layer.get_config(), "activation": "linear", "name": name})
         logits = twin(*args, **kwargs)
         twin.set_weights(layer.get_weights())
         return logits, activation, True

@@ -86,8 +86,8 @@ def maximize(
     output: int | str | None = None,
     input_shape: Sequence[int] | None = None,
     learning_rate: float = 0.05,
-    tv_weight: float = 0.1,
-    l2_weight: float = 0.05,
+    tv_weight: float = 5.0,
+    l2_weight: float = 0.5,
     jitter: int | None = None,
 ) -> Maximization:
     """Synthesise, for each unit, the input that maximises its activation.
@@ -136,7 +136,10 @@ def maximize(
     # towards mid-grey rather than towards `low` (where its gradient is 0/0 on a dead unit).
     middle = (low + high) / 2
     offset = keras.Input(shape)
-    centred = keras.Model([offset], target(keras.layers.Rescaling(1.0, offset=middle)(offset)))
+    centred = keras.Model(
+        [offset],
+        target(keras.layers.Rescaling(1.0, offset=middle, name="keraslens_centre")(offset)),
+    )
     rng = np.random.default_rng(seed)
     start = rng.uniform(-span / 2, span / 2, (len(units), *shape)).astype(np.float32)
     regularizers = [Norm(weight=l2_weight / span, p=2)]

@@ -27,30 +27,40 @@ class RandomizationTest:
     Args:
         trained: the trained model's explanation.
         randomized: the randomised copy's maps, for the same target classes.
-        correlation: Spearman rank correlation of the two maps, per sample.
+        correlation: Spearman rank correlation of the two maps, per sample; NaN where the
+            trained map is flat (it ranks nothing, so there is nothing to compare), 0 where
+            only the randomised one is.
     """
 
     trained: Explanation
     randomized: Explanation
     correlation: np.ndarray
 
+    @property
+    def informative(self) -> bool:
+        """False when every trained map is flat (e.g. Grad-CAM's ReLU removed it all)."""
+        return bool(np.isfinite(self.correlation).any())
+
+    @property
+    def mean_correlation(self) -> float:
+        """Mean correlation over the samples with a non-flat map (NaN if there is none)."""
+        return float(np.nanmean(self.correlation)) if self.informative else float("nan")
+
     def passes(self, threshold: float = SIMILARITY_THRESHOLD) -> bool:
-        """False when the maps barely change with the weights: they do not explain the model."""
-        return float(np.mean(self.correlation)) < threshold
+        """True when the maps change with the weights: they depend on what was learned.
+
+        Flat maps pass nothing: they explain neither the model nor the input.
+        """
+        return self.informative and self.mean_correlation < threshold
 
 
 def rank_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Spearman correlation between `a[i]` and `b[i]`, per sample.
-
-    A constant map ranks nothing, so its correlation with anything is 0.
-    """
+    """Spearman correlation between `a[i]` and `b[i]`, per sample; NaN for a flat map."""
     flat_a, flat_b = (np.asarray(m, dtype=np.float64).reshape(len(m), -1) for m in (a, b))
-    values = []
-    for u, v in zip(flat_a, flat_b, strict=True):
-        if np.ptp(u) == 0 or np.ptp(v) == 0:
-            values.append(0.0)
-        else:
-            values.append(spearmanr(u, v).statistic)
+    values = [
+        spearmanr(u, v).statistic if np.ptp(u) > 0 and np.ptp(v) > 0 else np.nan
+        for u, v in zip(flat_a, flat_b, strict=True)
+    ]
     return np.asarray(values)
 
 
@@ -88,7 +98,7 @@ def randomization_test(
     layer: str | None = None,
     *,
     output: int | str | None = None,
-    seed: int = 0,
+    weights_seed: int = 0,
     batch_size: int = 32,
     **options: Any,
 ) -> RandomizationTest:
@@ -96,19 +106,26 @@ def randomization_test(
     Saliency Maps"): maps that do not change when the weights are randomised explain the
     input, not the model.
 
-    Args: as `keraslens.vis.explain`, plus `seed` for the randomisation.
+    Args: as `keraslens.vis.explain`, plus `weights_seed` for the randomisation.
     """
     x = np.asarray(x, dtype=np.float32)
     shape = input_shape_of(model, x)
     trained_method = build_method(model, method, shape, layer, output, **options)
     classes = trained_method.graph.logits.shape[-1]
     trained = trained_method.explain(x, as_targets(targets, len(x), classes), batch_size)
-    copy = randomized_copy(model, shape, seed)
+    copy = randomized_copy(model, shape, weights_seed)
     layer = trained_method.graph.layer_path
     randomized = build_method(copy, method, shape, layer, output, **options).explain(
         x, trained.targets, batch_size
     )
-    return RandomizationTest(trained, randomized, rank_correlation(trained.maps, randomized.maps))
+    correlation = rank_correlation(trained.maps, randomized.maps)
+    # The randomised map went flat while the trained one was not: nothing of it survived.
+    correlation[_is_flat(randomized.maps) & ~_is_flat(trained.maps)] = 0.0
+    return RandomizationTest(trained, randomized, correlation)
+
+
+def _is_flat(maps: np.ndarray) -> np.ndarray:
+    return np.ptp(maps.reshape(len(maps), -1), axis=1) == 0
 
 
 @dataclass(frozen=True)

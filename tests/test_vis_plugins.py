@@ -1,0 +1,123 @@
+"""The heatmaps and activation-maximization plugins, through the contract and the runner."""
+
+from types import SimpleNamespace
+
+import keras
+import numpy as np
+import pytest
+from keraslens_plugins.activation_maximization import ActivationMaximization
+from keraslens_plugins.heatmaps import Heatmaps
+
+import keraslens
+from keraslens.plugin import AnalysisContext
+
+
+def _conv_model():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential(
+        [
+            keras.Input((10, 10, 1)),
+            keras.layers.Conv2D(6, 3, activation="relu", name="conv1"),
+            keras.layers.Conv2D(6, 3, activation="relu", name="conv2"),
+            keras.layers.GlobalAveragePooling2D(name="pool"),
+            keras.layers.Dense(3, activation="softmax", name="head"),
+        ]
+    )
+
+
+def _dense_model():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(5, activation="relu", name="hidden"),
+            keras.layers.Dense(3, activation="softmax", name="head"),
+        ]
+    )
+
+
+def _context(plugin, model, x, labels=None, stats=None, **options):
+    return AnalysisContext(
+        model=model,
+        lens=None,
+        stats=stats,
+        sample=x,
+        labels=labels,
+        options=plugin.parse_options(options),
+        seed=0,
+    )
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(0).random((24, 10, 10, 1), dtype=np.float32)
+
+
+def test_heatmaps_show_a_few_samples_per_class_with_every_check(images):
+    labels = np.arange(24) % 3
+    ctx = _context(Heatmaps, _conv_model(), images, labels, per_class=2, faithfulness_steps=4)
+    result = Heatmaps().analyze(ctx)
+    assert result.data["layer"] == "conv2"
+    assert result.data["samples"] == [0, 1, 2, 3, 4, 5]
+    assert set(result.data["methods"]) == {"gradcam", "gradcam++", "faster-scorecam", "saliency"}
+    for report in result.data["methods"].values():
+        assert 0 <= report["deletion_auc"] <= 1 and 0 <= report["insertion_auc"] <= 1
+        assert report["trustworthy"] in (True, False)
+    assert [row[0] for row in result.tables[0].rows] == [
+        "Grad-CAM",
+        "Grad-CAM++",
+        "Faster Score-CAM",
+        "Saliency",
+    ]
+    assert len(result.figures) == 1 and result.figures[0].png.startswith(b"\x89PNG")
+
+
+def test_heatmaps_skip_cam_on_a_dense_model_with_the_reason():
+    x = np.random.default_rng(1).random((16, 6), dtype=np.float32)
+    ctx = _context(Heatmaps, _dense_model(), x, methods=["gradcam", "smoothgrad"])
+    result = Heatmaps().analyze(ctx)
+    assert "no layer with a spatial output" not in result.data["methods"]["gradcam"]["skipped"]
+    assert "use method='saliency'" in result.data["methods"]["gradcam"]["skipped"]
+    assert "rank_correlation" in result.data["methods"]["smoothgrad"]
+    assert any("Grad-CAM skipped" in f.message for f in result.findings)
+    assert result.tables[0].rows[0][2] == "skipped"
+
+
+def test_heatmaps_flag_a_method_that_ignores_the_weights(images):
+    ctx = _context(Heatmaps, _conv_model(), images, methods=["saliency"], similarity_threshold=0.0)
+    findings = Heatmaps().analyze(ctx).findings
+    assert [f.threshold_name for f in findings] == ["heatmaps.similarity_threshold"]
+
+
+def test_heatmaps_options_are_checked_before_any_work():
+    with pytest.raises(ValueError, match="allowed: gradcam"):
+        Heatmaps.parse_options({"methods": ["gradcam", "guided-backprop"]})
+
+
+def test_maximization_takes_the_most_and_least_active_units_of_the_statistics(images):
+    mean = np.array([0.5, 3.0, -1.0, 2.0, 0.0, 1.0])
+    stats = {"conv2": SimpleNamespace(mean=mean)}
+    ctx = _context(ActivationMaximization, _conv_model(), images, stats=stats, steps=3)
+    result = ActivationMaximization().analyze(ctx)
+    assert result.data["layers"]["conv2"]["units"] == [1, 3, 4, 2]  # by decreasing mean
+    assert result.data["layers"]["output classes"]["units"] == [0, 1, 2]
+    assert result.data["input_range"] == [float(images.min()), float(images.max())]
+    assert len(result.figures) == 2
+    assert {row[0] for row in result.tables[0].rows} == {"output classes", "conv2"}
+
+
+@pytest.mark.slow
+def test_both_plugins_run_through_analyze(images):
+    result = keraslens.analyze(
+        _conv_model(),
+        images,
+        plugins=["heatmaps", "activation-maximization"],
+        labels=np.arange(24) % 3,
+        options={
+            "heatmaps": {"methods": ["gradcam"], "faithfulness_steps": 2},
+            "activation-maximization": {"steps": 2, "max_classes": 1},
+        },
+        minimal=False,
+    )
+    for name in ("heatmaps", "activation-maximization"):
+        assert result.plugins[name].error is None, result.plugins[name].traceback
