@@ -9,7 +9,7 @@ import numpy as np
 from keraslens.capture import LayerStats
 from keraslens.errors import KeraslensError
 from keraslens.plugin import AnalysisContext, Figure, Finding, Option, Plugin, PluginResult, Table
-from keraslens.vis.compat import input_shape_of
+from keraslens.vis.compat import input_shape_of, parse_output
 from keraslens.vis.figures import maximization_montage
 from keraslens.vis.layers import is_spatial, layer_shapes
 from keraslens.vis.maximize import maximize, unit_activations
@@ -64,7 +64,7 @@ class ActivationMaximization(Plugin):
             )
         options = ctx.options
         x = ctx.sample.astype(np.float32)
-        output = _parse_output(options["output"])
+        output = parse_output(options["output"])
         settings = {
             "steps": options["steps"],
             "seed": ctx.seed,
@@ -97,12 +97,6 @@ class ActivationMaximization(Plugin):
             )
         )
         return result
-
-
-def _parse_output(output: str) -> int | str | None:
-    if not output:
-        return None
-    return int(output) if output.lstrip("-").isdigit() else output
 
 
 def _classes(ctx: AnalysisContext, x: np.ndarray, options: dict[str, Any], output) -> list[int]:

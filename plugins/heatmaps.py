@@ -8,7 +8,7 @@ import numpy as np
 
 from keraslens.errors import KeraslensError
 from keraslens.plugin import AnalysisContext, Figure, Finding, Option, Plugin, PluginResult, Table
-from keraslens.vis.compat import input_shape_of
+from keraslens.vis.compat import input_shape_of, parse_output
 from keraslens.vis.figures import heatmap_grid
 from keraslens.vis.heatmap import METHODS, explain
 from keraslens.vis.layers import last_spatial_layer
@@ -73,9 +73,9 @@ class Heatmaps(Plugin):
         labels = _class_labels(ctx.labels)
         shown = _pick_samples(labels, len(ctx.sample), options["per_class"], options["max_samples"])
         x = ctx.sample[shown]
-        output = _parse_output(options["output"])
+        output = parse_output(options["output"])
         layer = options["layer"] or last_spatial_layer(ctx.model, input_shape_of(ctx.model, x))
-        targets = _targets(options, None if labels is None else labels[shown], len(x))
+        targets = _targets(options, None if labels is None else labels[shown])
         result = PluginResult(data={"layer": layer, "samples": shown, "methods": {}})
         maps, prediction = {}, None
         for method in options["methods"]:
@@ -148,13 +148,7 @@ def _pick_samples(labels: np.ndarray | None, count: int, per_class: int, limit: 
     return sorted(sum(rounds, [])[:limit])
 
 
-def _parse_output(output: str) -> int | str | None:
-    if not output:
-        return None
-    return int(output) if output.lstrip("-").isdigit() else output
-
-
-def _targets(options: dict[str, Any], labels: np.ndarray | None, count: int) -> Any:
+def _targets(options: dict[str, Any], labels: np.ndarray | None) -> Any:
     if options["class_index"] >= 0:
         return options["class_index"]
     if options["target"] == "label":

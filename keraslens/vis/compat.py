@@ -216,6 +216,13 @@ def _exposing(view: keras.Model, path: Sequence[str]) -> keras.Model:
     return keras.Model(inputs[0], [outputs[0] if len(outputs) == 1 else outputs, activation])
 
 
+def parse_output(text: str) -> int | str | None:
+    """An output selector from an option string: "" for none, "1" for an index, else a name."""
+    if not text:
+        return None
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
 def _output_index(view: keras.Model, output: int | str | None) -> int:
     count = len(view.outputs)
     if output is None:

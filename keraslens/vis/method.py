@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import numpy as np
@@ -62,6 +62,7 @@ class Method(ABC):
             targets: one class index per sample, or None for the predicted class.
             batch_size: samples explained together in one forward/backward pass.
         """
+        x = np.asarray(x, dtype=np.float32)
         batch_size = min(batch_size, self.samples_per_pass or batch_size)
         parts = [
             self._explain_batch(
@@ -71,7 +72,7 @@ class Method(ABC):
             for start in range(0, len(x), batch_size)
         ]
         return Explanation(
-            *(np.concatenate([getattr(p, f) for p in parts]) for f in Explanation.__annotations__)
+            *(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Explanation))
         )
 
     def _explain_batch(self, x: np.ndarray, targets: np.ndarray | None) -> Explanation:
