@@ -10,7 +10,7 @@ on the wall clock and on process CPU time (steadier on a shared machine). Then
 activation maximization: steps per second of `keraslens.maximize` and of tf-keras-vis's
 `ActivationMaximization` with the same settings.
 
-    python benchmarks/heatmaps.py [--rounds 7] [--images 8] [--steps 10]
+    python benchmarks/heatmaps.py [--rounds 7] [--images 8] [--steps 10] [--methods gradcam,...]
 """
 
 from __future__ import annotations
@@ -103,9 +103,9 @@ def _runs(model, linear, case, x, targets) -> dict:
     }
 
 
-def bench_heatmaps(model, linear, x, targets, rounds):
+def bench_heatmaps(model, linear, x, targets, rounds, methods):
     rows = []
-    for case in CASES:
+    for case in (case for case in CASES if case[0] in methods):
         images = len(x[: case[-1]])
         seconds, wall, cpu = _measure(_runs(model, linear, case, x, targets), rounds)
         ms = {key: value / images * 1e3 for key, value in seconds.items()}
@@ -141,6 +141,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--methods", default=",".join(case[0] for case in CASES))
     args = parser.parse_args()
 
     keras.utils.disable_interactive_logging()  # Score-CAM's predict() progress bars
@@ -162,7 +163,7 @@ def main() -> None:
     print(f"{header}{'ratio':>8}{'ratio':>8}")
     print(f"{'method':<16}{'ms/image':>11}{'ms/image':>14}{'ms/image':>11}{'wall':>8}{'CPU':>8}")
     for name, ours, theirs, oneshot, wall, cpu in bench_heatmaps(
-        model, linear, x, targets, args.rounds
+        model, linear, x, targets, args.rounds, args.methods.split(",")
     ):
         print(
             f"{name:<16}{ours:>11.1f}{theirs:>14.1f}{oneshot:>11.1f}{wall:>7.2f}x{cpu:>7.2f}x",
