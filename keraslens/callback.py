@@ -277,7 +277,10 @@ class LensCallback(keras.callbacks.Callback):
                 self.model.stop_training = True
 
     def _analyze(self) -> None:
-        stats = self._lens.capture(self.probe_data, self.batch_size)
+        # Keras keeps the strategy a model was built under (None outside any scope), and the
+        # probe pass runs under it: the same devices and workers as the training steps.
+        strategy = getattr(self.model, "_distribute_strategy", None)
+        stats = self._lens.capture(self.probe_data, self.batch_size, strategy=strategy)
         # Figures are drawn for reports only: matplotlib would dominate the cost of an epoch.
         figures = self.report == "every"
         runs = self._run_plugins(stats, figures)

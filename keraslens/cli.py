@@ -18,6 +18,7 @@ import click
 
 from keraslens import __version__, config, gate, io
 from keraslens import plugins as registry
+from keraslens.capture.distributed import capture_strategy, strategy_named
 from keraslens.errors import KeraslensError
 from keraslens.result import AnalysisResult
 from keraslens.runner import analyze
@@ -154,6 +155,11 @@ def analysis_options(command: Callable) -> Callable:
             "json_path",
             type=click.Path(),
             help="Also write the JSON twin of the report here.",
+        ),
+        click.option(
+            "--strategy",
+            type=click.Choice(["mirrored", "multiworker"]),
+            help="Capture with tf.distribute: every local GPU, or the cluster of TF_CONFIG.",
         ),
     ]
     for option in reversed(options):
@@ -301,12 +307,15 @@ def _run(
     config_path: str | None,
     option_items: tuple[str, ...],
     unsafe: bool,
+    strategy: str | None,
     **flags: Any,
 ) -> AnalysisResult:
     """Check every output path and setting, load model and data, and analyse."""
     for path in outputs:
         if path:
             io.check_writable(path)
+    # A multi-worker strategy must exist before TensorFlow runs anything.
+    distribution = strategy_named(strategy)
     settings = config.settings(
         config.read_config(config_path) if config_path else None,
         options=config.parse_options(option_items),
@@ -315,22 +324,23 @@ def _run(
     model = io.load_model(model_path, unsafe=unsafe)
     loaded = io.load_data(data_spec, model, data_key=data_key, labels=labels)
     console.detail(f"Loaded {model.name} and {loaded.source}.")
-    return analyze(
-        model,
-        loaded.inputs,
-        settings.plugins,
-        settings.options,
-        exclude=settings.exclude,
-        layers=settings.layers,
-        labels=loaded.labels,
-        batch_size=settings.batch_size,
-        samples=settings.samples,
-        seed=settings.seed,
-        minimal=settings.minimal,
-        data_source=loaded.source,
-        progress=console.capture_progress,
-        plugin_progress=console.plugin_progress,
-    )
+    with capture_strategy(distribution):
+        return analyze(
+            model,
+            loaded.inputs,
+            settings.plugins,
+            settings.options,
+            exclude=settings.exclude,
+            layers=settings.layers,
+            labels=loaded.labels,
+            batch_size=settings.batch_size,
+            samples=settings.samples,
+            seed=settings.seed,
+            minimal=settings.minimal,
+            data_source=loaded.source,
+            progress=console.capture_progress,
+            plugin_progress=console.plugin_progress,
+        )
 
 
 def _write(console: Console, result: AnalysisResult, output: str | None, json_path: str | None):

@@ -8,8 +8,13 @@ Usage:
     python distributed_worker.py CASES.json --multiworker # MultiWorkerMirroredStrategy (TF_CONFIG)
 
 CASES.json lists cases `{"model": path.keras, "data": path.npz, "batch_size": int,
-"devices": int (mirrored only), "dataset": bool}`. The output is one JSON line: a list with,
-per case, `{"stats": {key: {field: value}}, "exchanged_bytes": int, "replicas": int}`.
+"devices": int (mirrored only), "dataset": bool, "fit": folder}`. With "fit", the model is
+loaded under the strategy and trained one epoch with a `LensCallback` probing the data (under
+MultiWorkerMirroredStrategy the callback's hooks are called as fit would, untrained); the
+statistics are the callback's last capture, and the trained model is saved in the folder as
+`trained-<task>.keras`. The output is one JSON line: a list with, per case,
+`{"stats": {key: {field: value}}, "exchanged_bytes": int, "distributed_strategy": name,
+"replicas": int}`.
 """
 
 from __future__ import annotations
@@ -69,22 +74,60 @@ def run_case(case: dict, strategy: tf.distribute.Strategy) -> dict:
 
     from keraslens import Lens
 
-    model = keras.saving.load_model(case["model"])
     with np.load(case["data"]) as arrays:
         inputs = {name: arrays[name] for name in arrays.files}
     data = inputs["x"] if list(inputs) == ["x"] else inputs
-    if case.get("dataset"):
-        data = tf.data.Dataset.from_tensor_slices(data).batch(7)
-    lens = Lens(model, histogram_samples=None)
-    stats = lens.capture(data, case["batch_size"], strategy=strategy)
+    if case.get("fit"):
+        lens, stats = fit_with_callback(case, data, strategy)
+    else:
+        model = keras.saving.load_model(case["model"])
+        if case.get("dataset"):
+            data = tf.data.Dataset.from_tensor_slices(data).batch(7)
+        lens = Lens(model, histogram_samples=None)
+        stats = lens.capture(data, case["batch_size"], strategy=strategy)
     return {
         "stats": {
             key: {name: np.asarray(getattr(s, name)).tolist() for name in FIELDS}
             for key, s in stats.items()
         },
         "exchanged_bytes": lens._distributed_capture.exchanged_bytes,
+        "distributed_strategy": type(lens._distributed_capture.strategy).__name__,
         "replicas": strategy.num_replicas_in_sync,
     }
+
+
+def fit_with_callback(case: dict, x, strategy: tf.distribute.Strategy):
+    """Train one epoch under `strategy` with a LensCallback; its Lens and last statistics."""
+    from pathlib import Path
+
+    import keras
+    import numpy as np
+
+    from keraslens import LensCallback
+
+    task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {}).get("index", 0)
+    folder = Path(case["fit"])
+    with strategy.scope():
+        model = keras.saving.load_model(case["model"])
+        model.compile(optimizer="sgd", loss="mse")
+    callback = LensCallback(
+        x, out_dir=folder / f"logs-{task}", report=None, batch_size=case["batch_size"], verbose=0
+    )
+    y = np.zeros((len(x), model.output_shape[-1]), np.float32)
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        # Keras 3.15's fit fails under this strategy before the first step (its
+        # `_maybe_symbolic_build` reduces a PerReplica batch eagerly), so the hooks that
+        # fit would call around one epoch are called here.
+        callback.set_model(model)
+        for hook, args in (("on_train_begin", ()), ("on_epoch_begin", (0,))):
+            getattr(callback, hook)(*args)
+        callback.on_epoch_end(0)
+        callback.on_train_end()
+    else:
+        # Keras needs full batches that divide across replicas; the probe data need not.
+        model.fit(x, y, epochs=1, batch_size=6, callbacks=[callback], verbose=0)
+    model.save(folder / f"trained-{task}.keras")
+    return callback._lens, callback.result.stats
 
 
 def main() -> None:

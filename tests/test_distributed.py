@@ -49,9 +49,9 @@ def save_case(folder: Path, name: str, model: keras.Model, inputs: dict, **case)
     return {"name": name, "model": str(model_path), "data": str(data_path), **case}
 
 
-def single_device(case: dict) -> dict:
+def single_device(case: dict, model_path: str | None = None) -> dict:
     """The oracle: statistics of the case captured on one device, in this process."""
-    model = keras.saving.load_model(case["model"])
+    model = keras.saving.load_model(model_path or case["model"])
     with np.load(case["data"]) as arrays:
         inputs = {name: arrays[name] for name in arrays.files}
     data = inputs["x"] if list(inputs) == ["x"] else inputs
@@ -76,10 +76,11 @@ def results_of(process: subprocess.Popen) -> list[dict]:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def assert_same_stats(got: dict, expected: dict) -> None:
+def assert_same_stats(got: dict, expected: dict, histogram: bool = True) -> None:
+    """Counts (and the histogram) exactly equal; moments to float32 tolerance."""
     assert list(got) == list(expected)
     for key, stats in expected.items():
-        for name in COUNTS:
+        for name in COUNTS if histogram else COUNTS[:-1]:
             np.testing.assert_array_equal(got[key][name], getattr(stats, name), err_msg=key)
         for name in ("mean", "min", "max"):
             np.testing.assert_allclose(
@@ -136,6 +137,17 @@ def mirrored(tmp_path_factory) -> dict[str, tuple[dict, dict]]:
             devices=2,
         ),
     ]
+    cases.append(
+        save_case(
+            folder,
+            "fit",
+            sequential,
+            {"x": rng.normal(size=(30, 6)).astype(np.float32)},
+            batch_size=8,
+            devices=3,
+            fit=str(folder),
+        )
+    )
     results = results_of(run_worker(cases, folder, "--devices", "4"))
     return {case["name"]: (case, result) for case, result in zip(cases, results, strict=True)}
 
@@ -149,6 +161,14 @@ def test_mirrored_capture_equals_single_device(mirrored, name: str, replicas: in
     assert_same_stats(result["stats"], single_device(case))
 
 
+def test_callback_probes_under_the_mirrored_strategy_of_the_fit(mirrored) -> None:
+    case, result = mirrored["fit"]
+    assert (result["distributed_strategy"], result["replicas"]) == ("MirroredStrategy", 3)
+    trained = single_device(case, str(Path(case["fit"]) / "trained-0.keras"))
+    # The callback's Lens samples its histogram per replica batch, so it is left out here.
+    assert_same_stats(result["stats"], trained, histogram=False)
+
+
 def test_bytes_exchanged_do_not_grow_with_the_number_of_samples(mirrored) -> None:
     few, many = mirrored["two_devices"][1], mirrored["many_samples"][1]
     assert many["stats"]["dense_relu"]["samples"] == 10 * few["stats"]["dense_relu"]["samples"]
@@ -158,15 +178,23 @@ def test_bytes_exchanged_do_not_grow_with_the_number_of_samples(mirrored) -> Non
     assert few["exchanged_bytes"] == 8 * (9 + 2) * units + 4 * 2 * units + 3 * 8 * (2048 + 1)
 
 
-def test_multiworker_capture_on_two_processes_equals_single_device(tmp_path) -> None:
+def test_multiworker_capture_and_callback_on_two_processes_equal_single_device(tmp_path) -> None:
     keras.utils.set_random_seed(0)
     images = np.random.default_rng(1).normal(size=(23, 6, 6, 2)).astype(np.float32)
     images[4, 2, 2, 1] = np.nan
     case = save_case(tmp_path, "cluster", build_nested(), {"x": images}, batch_size=6)
+    fit = save_case(
+        tmp_path,
+        "cluster_fit",
+        build_sequential(),
+        {"x": np.random.default_rng(3).normal(size=(24, 6)).astype(np.float32)},
+        batch_size=8,
+        fit=str(tmp_path),
+    )
     workers = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
     processes = [
         run_worker(
-            [case],
+            [case, fit],
             tmp_path,
             "--multiworker",
             env={
@@ -178,14 +206,17 @@ def test_multiworker_capture_on_two_processes_equals_single_device(tmp_path) -> 
         for index in range(2)
     ]
     try:
-        results = [results_of(process)[0] for process in processes]
+        results = [results_of(process) for process in processes]
     finally:
         for process in processes:
             process.kill()
     expected = single_device(case)
-    for result in results:
-        assert result["replicas"] == 2
-        assert_same_stats(result["stats"], expected)
+    trained = single_device(fit, str(tmp_path / "trained-0.keras"))
+    for capture, probe in results:
+        assert capture["replicas"] == probe["replicas"] == 2
+        assert probe["distributed_strategy"] == tf.distribute.MultiWorkerMirroredStrategy.__name__
+        assert_same_stats(capture["stats"], expected)
+        assert_same_stats(probe["stats"], trained, histogram=False)
 
 
 def test_capture_in_a_strategy_scope_runs_under_that_strategy() -> None:
@@ -198,3 +229,32 @@ def test_capture_in_a_strategy_scope_runs_under_that_strategy() -> None:
         got = lens.capture(x, batch_size=8)
     assert lens._distributed_capture is not None
     assert_same_stats({key: vars(stats) for key, stats in got.items()}, expected)
+
+
+def test_cli_strategy_flag_distributes_the_capture_and_keeps_the_report(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+    from test_report_fixtures import DeadUnits, install_plugins, tiny_data, tiny_model
+
+    from keraslens.capture.distributed import DistributedCapture
+    from keraslens.cli import cli
+
+    install_plugins(monkeypatch, DeadUnits)
+    tiny_model().save(tmp_path / "tiny.keras")
+    np.save(tmp_path / "x.npy", tiny_data())
+    strategies = []
+    capture = DistributedCapture.capture
+    monkeypatch.setattr(
+        DistributedCapture,
+        "capture",
+        lambda self, *a: strategies.append(type(self.strategy).__name__) or capture(self, *a),
+    )
+    twins = []
+    for extra in ([], ["--strategy", "mirrored"]):
+        json_path = tmp_path / f"r{len(twins)}.json"
+        args = ["report", tmp_path / "tiny.keras", "--data", tmp_path / "x.npy", "--json"]
+        args += [json_path, "-o", tmp_path / "r.html", *extra]
+        out = CliRunner().invoke(cli, [str(a) for a in args])
+        assert out.exit_code == 0, out.output
+        twins.append(json.loads(json_path.read_text())["plugins"]["fake-dead"])
+    assert strategies == ["MirroredStrategy"]
+    assert twins[1] == twins[0]

@@ -13,7 +13,8 @@ a few vectors per layer, independent of the number of samples.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,12 +22,47 @@ import numpy as np
 import tensorflow as tf
 
 from keraslens.capture import reduce
-from keraslens.capture.data import _x_of
+from keraslens.capture.data import _arrays, _length, _x_of
 from keraslens.capture.stats import HIST_BINS, LayerStats
 from keraslens.errors import KeraslensError
 
 _SUMMED_ROWS = (0, 1, 2, 5, 6, 7, 8, 9, 10)  # rows of `reduce.STAT_NAMES` merged by a sum
 _FUSED: dict[tuple, Callable] = {}
+_CAPTURE_STRATEGY: list[tf.distribute.Strategy] = []
+
+
+@contextlib.contextmanager
+def capture_strategy(strategy: tf.distribute.Strategy | None) -> Iterator[None]:
+    """Within the block, `Lens.capture` runs under `strategy` unless given another one.
+
+    Unlike `strategy.scope()`, it leaves everything else (variable creation, plugins'
+    own TensorFlow code) on the default strategy. None changes nothing.
+    """
+    if strategy is not None:
+        _CAPTURE_STRATEGY.append(strategy)
+    try:
+        yield
+    finally:
+        if strategy is not None:
+            _CAPTURE_STRATEGY.pop()
+
+
+def strategy_named(name: str | None) -> tf.distribute.Strategy | None:
+    """`"mirrored"`: every local GPU (or the CPU); `"multiworker"`: the TF_CONFIG cluster."""
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name is None:
+        return None
+    raise KeraslensError(f"strategy must be 'mirrored' or 'multiworker', got {name!r}.")
+
+
+def current_strategy() -> tf.distribute.Strategy | None:
+    """The strategy of the innermost `capture_strategy` block, else of `strategy.scope()`."""
+    if _CAPTURE_STRATEGY:
+        return _CAPTURE_STRATEGY[-1]
+    return tf.distribute.get_strategy() if tf.distribute.has_strategy() else None
 
 
 @dataclass
@@ -86,8 +122,8 @@ class DistributedCapture:
     def _distribute(self, data: Any, batch_size: int):
         """The distributed dataset of model inputs, and the sample count when it is known.
 
-        Each input pipeline (one per worker) keeps every k-th sample, then batches
-        `batch_size / replicas` samples per replica. A callable `data` is used as is:
+        Samples are batched `batch_size / replicas` per replica, and each input pipeline
+        (one per worker) keeps every k-th of these batches. A callable `data` is used as is:
         `data(input_context)` returns that worker's per-replica batched dataset.
         """
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
@@ -101,8 +137,9 @@ class DistributedCapture:
 
             def make(context: tf.distribute.InputContext) -> tf.data.Dataset:
                 per_replica = -(-batch_size // context.num_replicas_in_sync)
-                shard = elements.shard(context.num_input_pipelines, context.input_pipeline_id)
-                return shard.batch(per_replica)
+                # Sharding whole batches, not samples, keeps tf.data from handling each sample.
+                batches = elements.batch(per_replica)
+                return batches.shard(context.num_input_pipelines, context.input_pipeline_id)
 
             first = next(iter(elements.batch(1)), None)
         if first is None:
@@ -230,8 +267,6 @@ def _pieces(vector: np.ndarray, sizes: list[int]):
 
 def _sample_dataset(data: Any, input_rank: int | None) -> tuple[tf.data.Dataset, int | None]:
     """`data` as a dataset of single samples (model inputs only), and its size when known."""
-    from keraslens.capture.data import _arrays, _length
-
     if isinstance(data, tf.data.Dataset):
         spec = tf.nest.flatten(_x_of(data.element_spec))[0]
         data = data.map(_x_of)

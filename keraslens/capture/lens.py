@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keraslens.capture import reduce
+from keraslens.capture import distributed, reduce
 from keraslens.capture.activations import identify
 from keraslens.capture.data import check_inputs, iterate_batches
 from keraslens.capture.intercept import record_calls
@@ -113,16 +113,15 @@ class Lens:
             batch_size: samples per step for array data (datasets keep their batching).
             progress: called as `progress(samples_done, total_or_None)` after each batch.
             strategy: a `tf.distribute.Strategy` to run the capture on (`MirroredStrategy`,
-                `MultiWorkerMirroredStrategy`); None: the strategy of the enclosing
-                `strategy.scope()`, if any. Distributed, `batch_size` is the global batch
+                `MultiWorkerMirroredStrategy`); None: the one of an enclosing
+                `capture_strategy(...)` block or `strategy.scope()`, if any. Distributed, `batch_size` is the global batch
                 and datasets are re-batched (see docs/scale.md).
 
         Returns:
             A dict from layer path (`path@i` for the i-th call of a shared layer)
             to `LayerStats`, in model order.
         """
-        if strategy is None and tf.distribute.has_strategy():
-            strategy = tf.distribute.get_strategy()
+        strategy = strategy or distributed.current_strategy()
         if strategy is not None:
             return self._distributed(strategy).capture(data, batch_size, progress)
         batches, total = iterate_batches(data, batch_size, self._input_rank())
@@ -142,11 +141,9 @@ class Lens:
             raise KeraslensError("The data is empty: there are no samples to capture.")
         return stats
 
-    def _distributed(self, strategy: tf.distribute.Strategy):
-        from keraslens.capture.distributed import DistributedCapture
-
+    def _distributed(self, strategy: tf.distribute.Strategy) -> distributed.DistributedCapture:
         if self._distributed_capture is None or self._distributed_capture.strategy is not strategy:
-            self._distributed_capture = DistributedCapture(self, strategy)
+            self._distributed_capture = distributed.DistributedCapture(self, strategy)
         return self._distributed_capture
 
     def activations(self, x: Any) -> dict[str, np.ndarray]:
