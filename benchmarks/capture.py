@@ -5,7 +5,8 @@ Prints (median of --repeats after a warm-up, runs interleaved):
   - the same ratio for the naive approach (one multi-output model keeping every
     activation, statistics in NumPy);
   - peak RSS of a capture for N = 2,000, 10,000 and 40,000 samples, each in its own
-    process, with the data generated batch by batch so it is never all in memory.
+    process, with the data generated batch by batch so it is never all in memory,
+    next to a plain compiled forward pass over the same batches.
 
 Usage: python benchmarks/capture.py [--samples 2048] [--repeats 5]
 """
@@ -107,9 +108,14 @@ def compare(n: int, repeats: int) -> dict:
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def peak_rss_child(n: int) -> None:
+def peak_rss_child(n: int, what: str) -> None:
     model = reference_cnn()
-    keraslens.Lens(model).capture(random_batches(n))
+    if what == "capture":
+        keraslens.Lens(model).capture(random_batches(n))
+    else:
+        forward = tf.function(lambda x: model(x, training=False))
+        for batch in random_batches(n):
+            forward(batch)
     print(json.dumps({"peak_rss_mb": _high_water_mark_mb()}))
 
 
@@ -123,12 +129,18 @@ def _high_water_mark_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def peak_rss(n: int) -> float:
+def peak_rss(n: int, what: str) -> float:
+    # glibc gives each thread an arena and TensorFlow's pool threads free 30 MB
+    # activation buffers in one arena and allocate in another: the heap fragments
+    # with the number of batches whatever the code does. Two arenas keep the figure
+    # about the program's own memory (the same setting for both columns).
+    env = {**os.environ, "MALLOC_ARENA_MAX": "2"}
     out = subprocess.run(
-        [sys.executable, __file__, "--rss-child", str(n)],
+        [sys.executable, __file__, "--rss-child", str(n), "--rss-what", what],
         check=True,
         capture_output=True,
         text=True,
+        env=env,
     ).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_rss_mb"]
 
@@ -138,9 +150,10 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--rss-what", default="capture", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
-        peak_rss_child(args.rss_child)
+        peak_rss_child(args.rss_child, args.rss_what)
         return
     print(f"reference CNN, N={args.samples}, batch {BATCH}, median of {args.repeats}")
     medians = compare(args.samples, args.repeats)
@@ -152,12 +165,16 @@ def main() -> None:
     ):
         print(f"{label:<34}{medians[name]:>10.3f}{medians[name] / medians['predict']:>12.2f}")
     print()
-    print(f"{'N':>8}{'capture peak RSS (MB)':>24}")
+    print(f"{'N':>8}{'capture peak RSS (MB)':>24}{'forward-only peak RSS (MB)':>30}")
     sizes = (2_000, 10_000, 40_000)
-    rss = {n: peak_rss(n) for n in sizes}
+    rss = {n: peak_rss(n, "capture") for n in sizes}
+    base = {n: peak_rss(n, "forward") for n in sizes}
     for n in sizes:
-        print(f"{n:>8}{rss[n]:>24.0f}")
-    print(f"growth 2k -> 40k: {rss[40_000] - rss[2_000]:.0f} MB")
+        print(f"{n:>8}{rss[n]:>24.0f}{base[n]:>30.0f}")
+    print(
+        f"growth 2k -> 40k: capture {rss[40_000] - rss[2_000]:.0f} MB, "
+        f"forward only {base[40_000] - base[2_000]:.0f} MB (MALLOC_ARENA_MAX=2 in both)"
+    )
 
 
 if __name__ == "__main__":

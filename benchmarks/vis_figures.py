@@ -1,6 +1,6 @@
 """Draw the figures of docs/heatmaps.md and docs/activation-maximization.md from the demo.
 
-    python docs/vis_figures.py
+    python benchmarks/vis_figures.py
 
 Trains the demo CNN (`keraslens demo`, scikit-learn digits), runs the two plugins on its
 validation split and writes their figures to docs/img/.
