@@ -92,10 +92,17 @@ def batch_stats(
     positive position, NaN, Inf, and counts at the lower and upper bound. The
     shift (the first finite-looking value of each unit) keeps the float32 sums of
     squares free of cancellation. `bounds` are already widened by epsilon.
-    Call under `tf.function(jit_compile=True)`; shapes must be static.
+    With static shapes (compile it with `jit_compile=True`) the batch is reduced in
+    cache-sized chunks; otherwise in one masked pass.
     """
     first = values[0, 0]
     shift = tf.where(tf.math.is_finite(first), first, 0.0)
+    if not values.shape.is_fully_defined():
+        # Shapes known only at run time cannot be cut into chunks while tracing:
+        # one masked pass over the whole batch (slower, same numbers).
+        return tf.cast(_chunk_stats(values, shift, bounds, masked=True), tf.float64), tf.cast(
+            shift, tf.float64
+        )
     fast = _all_chunks(values, shift, bounds, masked=False)
     clean = tf.reduce_all(tf.math.is_finite(fast[1:3]))
     stats = tf.cond(clean, lambda: fast, lambda: _all_chunks(values, shift, bounds, masked=True))
@@ -109,4 +116,3 @@ def histogram(values: tf.Tensor) -> tf.Tensor:
     index = tf.where(bits < 0, 1023 - magnitude, 1024 + magnitude)
     index = tf.where(magnitude >= 1020, HIST_BINS, index)  # inf and NaN: counted elsewhere
     return tf.math.bincount(index, minlength=HIST_BINS, maxlength=HIST_BINS, dtype=tf.int32)
-
