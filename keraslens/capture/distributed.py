@@ -318,18 +318,8 @@ def _accumulate(total: tf.Tensor, part: tf.Tensor) -> tf.Tensor:
     return tf.concat([summed[:3], low, high, summed[5:]], 0)
 
 
-def _replica_moments(values: tf.Tensor, shift: tf.Tensor, bounds) -> tf.Tensor:
-    """`reduce.batch_stats` around a given shift, for any batch size (0 included)."""
-    fast = reduce._chunk_stats(values, shift, bounds, masked=False)
-    clean = tf.reduce_all(tf.math.is_finite(fast[1:3]))
-    stats = tf.cond(
-        clean, lambda: fast, lambda: reduce._chunk_stats(values, shift, bounds, masked=True)
-    )
-    return tf.cast(stats, tf.float64)
-
-
 def _fused_moments(values: tf.Tensor, bounds: tuple[float, float] | None) -> Callable:
-    """`_replica_moments` compiled with XLA, once per (positions, units, bounds) per process.
+    """`reduce.moments_around` compiled with XLA, once per (positions, units, bounds) per process.
 
     XLA compiles again for each new batch size at run time (the last, partial batch),
     which the distributed input makes dynamic.
@@ -337,6 +327,8 @@ def _fused_moments(values: tf.Tensor, bounds: tuple[float, float] | None) -> Cal
     key = (tuple(values.shape[1:]), bounds)
     if key not in _FUSED:
         _FUSED[key] = tf.function(
-            lambda v, s: _replica_moments(v, s, bounds), jit_compile=True, reduce_retracing=True
+            lambda v, s: reduce.moments_around(v, s, bounds),
+            jit_compile=True,
+            reduce_retracing=True,
         )
     return _FUSED[key]

@@ -82,31 +82,45 @@ def _all_chunks(values, shift, bounds, masked: bool):
     return _combine(parts)
 
 
+def moments_around(
+    values: tf.Tensor, shift: tf.Tensor, bounds: tuple[float, float] | None
+) -> tf.Tensor:
+    """Per-unit statistics of one batch `(samples, positions, units)` around `shift`.
+
+    Returns a float64 tensor of shape (11, units): finite count, sum and sum of
+    squares of `values - shift`, min, max, positive count, samples with a positive
+    position, NaN, Inf, and counts at the lower and upper bound (`bounds` already
+    widened by epsilon). With static shapes (compile it with `jit_compile=True`) the
+    batch is reduced in cache-sized chunks; otherwise, as under a distribution
+    strategy or for an empty replica batch, in one pass. A batch with NaN or Inf
+    takes the masked path.
+    """
+    if values.shape.is_fully_defined():
+        fast = _all_chunks(values, shift, bounds, masked=False)
+
+        def masked():
+            return _all_chunks(values, shift, bounds, masked=True)
+    else:
+        fast = tf.cast(_chunk_stats(values, shift, bounds, masked=False), tf.float64)
+
+        def masked():
+            return tf.cast(_chunk_stats(values, shift, bounds, masked=True), tf.float64)
+
+    clean = tf.reduce_all(tf.math.is_finite(fast[1:3]))
+    return tf.cond(clean, lambda: fast, masked)
+
+
 def batch_stats(
     values: tf.Tensor, bounds: tuple[float, float] | None
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Per-unit statistics of one batch of activations, shape (samples, positions, units).
+    """`moments_around` the batch's own first value of each unit, and that shift.
 
-    Returns a float64 tensor of shape (11, units) and the shift: finite count, sum and sum of
-    squares of `values - shift`, min, max, positive count, samples with a
-    positive position, NaN, Inf, and counts at the lower and upper bound. The
-    shift (the first finite-looking value of each unit) keeps the float32 sums of
-    squares free of cancellation. `bounds` are already widened by epsilon.
-    With static shapes (compile it with `jit_compile=True`) the batch is reduced in
-    cache-sized chunks; otherwise in one masked pass.
+    The shift (the first value, or 0 when it is not finite) keeps the float32 sums
+    of squares free of cancellation.
     """
     first = values[0, 0]
     shift = tf.where(tf.math.is_finite(first), first, 0.0)
-    if not values.shape.is_fully_defined():
-        # Shapes known only at run time cannot be cut into chunks while tracing:
-        # one masked pass over the whole batch (slower, same numbers).
-        return tf.cast(_chunk_stats(values, shift, bounds, masked=True), tf.float64), tf.cast(
-            shift, tf.float64
-        )
-    fast = _all_chunks(values, shift, bounds, masked=False)
-    clean = tf.reduce_all(tf.math.is_finite(fast[1:3]))
-    stats = tf.cond(clean, lambda: fast, lambda: _all_chunks(values, shift, bounds, masked=True))
-    return stats, tf.cast(shift, tf.float64)
+    return moments_around(values, shift, bounds), tf.cast(shift, tf.float64)
 
 
 def histogram(values: tf.Tensor) -> tf.Tensor:
