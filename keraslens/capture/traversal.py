@@ -12,7 +12,16 @@ from keraslens.errors import KeraslensError
 LayerSelector = str | type | Callable[[keras.layers.Layer], bool]
 
 
+# Layers that run their sublayers once per time step or per slice (an LSTM's cell,
+# a Bidirectional's two RNNs): the sublayer's calls happen inside a loop, and the
+# one outside it (Keras calls an RNN cell once to learn its output shape) sees only
+# the first step. Such layers are captured whole, as leaves.
+_STEPPING = (keras.layers.RNN, keras.layers.Bidirectional, keras.layers.Wrapper)
+
+
 def _children(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
+    if isinstance(layer, _STEPPING):
+        return []
     # `_flatten_layers` is how Keras itself lists tracked sublayers of any layer,
     # including subclassed models and custom blocks that have no functional graph.
     return list(layer._flatten_layers(include_self=False, recursive=False))
