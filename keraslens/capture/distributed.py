@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from keraslens.capture import reduce
-from keraslens.capture.data import _arrays, _length, _x_of
+from keraslens.capture.data import _arrays, _length, _x_of, without_autotune
 from keraslens.capture.stats import HIST_BINS, LayerStats
 from keraslens.errors import KeraslensError
 
@@ -148,7 +148,7 @@ class DistributedCapture:
         if self.strategy.extended._in_multi_worker_mode():  # each worker sees its own part
             total = None
         dataset = self.strategy.distribute_datasets_from_function(
-            lambda context: make(context).map(_x_of)
+            lambda context: without_autotune(make(context).map(_x_of))
         )
         return dataset, total
 
@@ -160,7 +160,7 @@ class DistributedCapture:
         found: list = []
 
         def trace(x):
-            found.extend(site for site, _ in self.lens._record(x).values())
+            found.extend(site for site, _, _ in self.lens._record(x).values())
             return tf.constant(0)
 
         specs = tf.nest.map_structure(lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype), batch)
@@ -176,11 +176,11 @@ class DistributedCapture:
         from keraslens.capture.lens import _as_input_tensor
 
         recorded = self.lens._record(tf.nest.map_structure(_as_input_tensor, batch))
-        values = {key: _by_unit(tensor, site.units) for key, (site, tensor) in recorded.items()}
+        values = {key: _by_unit(tensor, site.units) for key, (site, tensor, _) in recorded.items()}
         if agree_shift:
             self._agree_shift(values)
         samples = tf.cast(tf.shape(tf.nest.flatten(batch)[0])[0], tf.float64)
-        for key, (site, _) in recorded.items():
+        for key, (site, _, _) in recorded.items():
             state = self._state[key]
             bounds = None
             if site.bounds is not None:
