@@ -259,6 +259,59 @@ def test_batched_dataset(make_sequential, rng):
     assert_sequential_matches_numpy(Lens(model).capture(data), model, x)
 
 
+class _Repeat(keras.layers.Layer):
+    """Applies its Dense three times in a graph loop (as a custom recurrent block would)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.inner = keras.layers.Dense(4, activation="tanh", name="inner")
+
+    def call(self, x):
+        return keras.ops.fori_loop(0, 3, lambda i, h: self.inner(h), x)
+
+
+def test_layer_called_inside_a_graph_loop_is_left_out(rng):
+    x_in = keras.Input((4,))
+    first = keras.layers.Dense(4, name="first")(x_in)
+    model = keras.Model(x_in, _Repeat(name="repeat")(first))
+    x = normal_data(rng, features=4)
+    stats = Lens(model).capture(x, batch_size=BATCH)
+    assert "first" in stats and not any(key.startswith("repeat/") for key in stats)
+    assert_matches_numpy(stats["first"], outputs_of(model.inputs, first, x))
+
+
+def test_capture_leaves_tf_data_autotuning_off_unless_the_dataset_chose(make_sequential, rng):
+    # Deleting an autotuned iterator waits for the autotuner's next wake-up (up to the
+    # time the pass has already taken); a dataset's own choice is kept.
+    from keraslens.capture.data import without_autotune
+
+    data = tf.data.Dataset.from_tensor_slices(normal_data(rng)).batch(BATCH)
+    assert without_autotune(data).options().autotune.enabled is False
+    chosen = tf.data.Options()
+    chosen.autotune.enabled = True
+    assert without_autotune(data.with_options(chosen)).options().autotune.enabled is True
+
+
+def test_masks_flow_through_captured_layers(rng):
+    # Capture makes each recorded output wait on the previous summary; the Keras mask
+    # an Embedding(mask_zero=True) attaches must survive, or the LSTM would read padding.
+    tokens = keras.Input((7,), dtype="int32")
+    embedded = keras.layers.Embedding(9, 4, mask_zero=True, name="embed")(tokens)
+    hidden = keras.layers.LSTM(3, return_sequences=True, name="lstm")(embedded)
+    both = keras.layers.Bidirectional(
+        keras.layers.GRU(2, return_sequences=True), name="bidi"
+    )(hidden)
+    model = keras.Model(tokens, keras.layers.Dense(2, name="head")(both))
+    x = rng.integers(1, 9, size=(40, 7)).astype(np.int32)
+    x[:, 4:] = 0  # padding: masked steps repeat the last state
+    stats = Lens(model).capture(x, batch_size=16)
+    # Recurrent layers are captured whole: their cells run once per step, in a loop.
+    assert list(stats) == ["embed", "lstm", "bidi", "head"]
+    for name in stats:
+        acts = outputs_of(model.inputs, model.get_layer(name).output, x.astype(np.float32))
+        assert_matches_numpy(stats[name], acts)
+
+
 def test_unbatched_dataset_is_batched_by_the_lens(make_sequential, rng):
     model = make_sequential()
     x = normal_data(rng)

@@ -13,7 +13,7 @@ import tensorflow as tf
 from keraslens.capture import distributed, reduce
 from keraslens.capture.activations import identify
 from keraslens.capture.data import check_inputs, iterate_batches
-from keraslens.capture.intercept import record_calls
+from keraslens.capture.intercept import Summarize, record_calls
 from keraslens.capture.stats import LayerStats
 from keraslens.capture.traversal import LayerSelector, select
 from keraslens.errors import KeraslensError
@@ -190,15 +190,18 @@ class Lens:
                 f"{first_line}"
             ) from error
 
-    def _record(self, x: Any) -> dict[str, tuple[CallSite, tf.Tensor]]:
+    def _record(
+        self, x: Any, summarize: Summarize | None = None
+    ) -> dict[str, tuple[CallSite, tf.Tensor, Any]]:
+        """Run the model on `x`, recording each call site's output and its summary."""
         layers = [layer for _, layer in self.layers]
-        with record_calls(layers) as record:
+        with record_calls(layers, summarize) as record:
             self.model(x, training=False)
-        sites: dict[str, tuple[CallSite, tf.Tensor]] = {}
+        sites: dict[str, tuple[CallSite, tf.Tensor, Any]] = {}
         for path, layer in self.layers:
-            outputs = [t for t in record[id(layer)] if t is not None and t.shape.rank >= 2]
-            for index, tensor in enumerate(outputs):
-                key = path if len(outputs) == 1 else f"{path}@{index}"
+            calls = [(t, s) for t, s in record[id(layer)] if t is not None and t.shape.rank >= 2]
+            for index, (tensor, summary) in enumerate(calls):
+                key = path if len(calls) == 1 else f"{path}@{index}"
                 activation, bounds = identify(layer)
                 site = CallSite(
                     key=key,
@@ -209,7 +212,7 @@ class Lens:
                     shape=tuple(tensor.shape[1:]),
                     units=int(tensor.shape[-1]),
                 )
-                sites[key] = (site, tensor)
+                sites[key] = (site, tensor, summary)
         if not sites:
             raise KeraslensError(
                 f"None of the selected layers of {self.model.name!r} produced a floating-point "
@@ -218,40 +221,40 @@ class Lens:
         return sites
 
     def _forward_stats(self, x: Any) -> dict[str, tuple[tf.Tensor, tf.Tensor, tf.Tensor]]:
-        recorded = self._record(x)
-        self.sites = [site for site, _ in recorded.values()]
-        out = {}
-        for key, (site, tensor) in recorded.items():
-            values = tf.cast(tensor, tf.float32)
-            values = tf.reshape(values, [tf.shape(values)[0], -1, site.units])
-            bounds = None
-            if site.bounds is not None:
-                bounds = (site.bounds[0] + self.epsilon, site.bounds[1] - self.epsilon)
-            if values.shape.is_fully_defined():
-                moments, shift = _fused_batch_stats(values, bounds)
-            else:
-                moments, shift = reduce.batch_stats(values, bounds)
-            sampled = values if self.histogram_samples is None else values[: self.histogram_samples]
-            out[key] = (moments, shift, reduce.histogram(sampled))
-        return out
+        recorded = self._record(x, self._summarize)
+        self.sites = [site for site, _, _ in recorded.values()]
+        return {key: summary for key, (_, _, summary) in recorded.items()}
+
+    def _summarize(self, layer: keras.layers.Layer, tensor: tf.Tensor):
+        """One call's batch statistics: (moments, shift, histogram)."""
+        values = tf.cast(tensor, tf.float32)
+        values = tf.reshape(values, [tf.shape(values)[0], -1, int(tensor.shape[-1])])
+        _, bounds = identify(layer)
+        if bounds is not None:
+            bounds = (bounds[0] + self.epsilon, bounds[1] - self.epsilon)
+        if values.shape.is_fully_defined():
+            return _fused_summary(values, bounds, self.histogram_samples)
+        return reduce.batch_summary(values, bounds, self.histogram_samples, compiled=False)
 
     def _forward_activations(self, x: Any) -> dict[str, tf.Tensor]:
-        return {key: tensor for key, (_, tensor) in self._record(x).items()}
+        return {key: tensor for key, (_, tensor, _) in self._record(x).items()}
 
 
 _FUSED: dict[tuple, Callable] = {}
 
 
-def _fused_batch_stats(values: tf.Tensor, bounds: tuple[float, float] | None):
-    """`reduce.batch_stats` compiled with XLA, once per (shape, bounds) for the process.
+def _fused_summary(values: tf.Tensor, bounds: tuple[float, float] | None, samples: int | None):
+    """`reduce.batch_summary` compiled with XLA, once per (shape, bounds, samples) for the process.
 
     Every Lens shares the compiled functions, and since a key is only ever traced
     once, TensorFlow never sees (and warns about) a function retracing.
     """
-    key = (tuple(values.shape), bounds)
+    key = (tuple(values.shape), bounds, samples)
     if key not in _FUSED:
-        _FUSED[key] = tf.function(reduce.batch_stats, jit_compile=True)
-    return _FUSED[key](values, bounds)
+        _FUSED[key] = tf.function(
+            lambda v: reduce.batch_summary(v, bounds, samples, compiled=True), jit_compile=True
+        )
+    return _FUSED[key](values)
 
 
 def _as_input_tensor(value: Any) -> tf.Tensor:
