@@ -92,12 +92,16 @@ def test_default_layer_is_the_last_spatial_one(functional, images):
     )
 
 
-def test_prediction_comes_with_the_map(functional, images):
+@pytest.mark.parametrize("method", ["gradcam", "scorecam", "faster-scorecam", "smoothgrad"])
+def test_prediction_comes_with_the_map(functional, images, method):
+    # Score-CAM reads it from clean rows riding along its masked inputs' pass.
     probabilities = functional.predict(images, verbose=0)
-    result = explain(functional, images)
+    result = explain(functional, images, method)
     np.testing.assert_array_equal(result.predicted, probabilities.argmax(axis=1))
     np.testing.assert_array_equal(result.targets, result.predicted)
     np.testing.assert_allclose(result.scores, probabilities.max(axis=1), rtol=1e-5)
+    by_class = heatmap(functional, images, method, targets=result.predicted)
+    np.testing.assert_allclose(result.maps, by_class, atol=1e-5)
 
 
 def test_one_hot_labels_and_a_single_index_are_targets(functional, images):

@@ -10,6 +10,7 @@ from typing import ClassVar
 
 import keras
 import numpy as np
+import tensorflow as tf
 from tf_keras_vis.gradcam import Gradcam
 from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
 from tf_keras_vis.layercam import Layercam
@@ -61,11 +62,40 @@ class LayerCAM(GradCAM):
     visualizer = Layercam
 
 
-class _QuietModel(keras.Model):
-    """A Functional model whose `predict` prints no progress bar (Score-CAM calls it)."""
+class _MaskedPassModel(keras.Model):
+    """The Functional model Score-CAM calls `predict` on, for every masked input at once.
+
+    That pass also carries the clean batch being explained, so the predicted class and its
+    score come from it rather than from a forward pass of their own. It runs one compiled
+    function for every batch shape: Keras's `predict` traces once more for each new last
+    batch, which with the clean rows added would be on almost every call. No progress bar.
+    """
+
+    def explaining(self, x: np.ndarray | None, score: TargetScore | None) -> None:
+        """Add `x` to the next `predict` and give its logits to `score` (None: stop)."""
+        object.__setattr__(self, "_clean", (x, score) if x is not None else None)
 
     def predict(self, x, batch_size=None, verbose=0, **kwargs):
-        return super().predict(x, batch_size=batch_size, verbose=0, **kwargs)
+        inputs = np.asarray(x[0] if isinstance(x, (list, tuple)) else x, dtype=np.float32)
+        clean = getattr(self, "_clean", None)
+        if clean is not None:
+            inputs = np.concatenate([inputs, clean[0]])
+        step = batch_size or 32
+        outputs = np.concatenate(
+            [self._forward(inputs[i : i + step]).numpy() for i in range(0, len(inputs), step)]
+        )
+        if clean is None:
+            return outputs
+        clean[1].logits = outputs[-len(clean[0]) :]
+        return outputs[: -len(clean[0])]
+
+    def _forward(self, batch: np.ndarray) -> tf.Tensor:
+        forward = self.__dict__.get("_compiled")
+        if forward is None:
+            spec = tf.TensorSpec([None, *batch.shape[1:]], tf.float32)
+            forward = tf.function(lambda x: self(x, training=False), input_signature=[spec])
+            object.__setattr__(self, "_compiled", forward)
+        return forward(batch)
 
 
 class ScoreCAM(Method):
@@ -80,7 +110,6 @@ class ScoreCAM(Method):
     name = "scorecam"
     title = "Score-CAM"
     uses_layer = True
-    alters_inputs = True
     max_channels: int | None = None
 
     def __init__(self, graph: ExplanationGraph, mask_batch_size: int = 32) -> None:
@@ -92,8 +121,10 @@ class ScoreCAM(Method):
                 "separate from this model's output; use method='gradcam'."
             )
         self.mask_batch_size = mask_batch_size
-        quiet = _QuietModel(self.score_model.inputs, self.score_model.outputs, name="score_model")
-        self._visualize = Scorecam(quiet, clone=False)
+        self._masked_pass = _MaskedPassModel(
+            self.score_model.inputs, self.score_model.outputs, name="score_model"
+        )
+        self._visualize = Scorecam(self._masked_pass, clone=False)
 
     @property
     def samples_per_pass(self) -> int:
@@ -102,14 +133,18 @@ class ScoreCAM(Method):
         return max(1, MASKED_INPUTS_IN_MEMORY // channels)
 
     def _maps(self, score: TargetScore, x: np.ndarray) -> np.ndarray:
-        return self._visualize(
-            score,
-            x,
-            penultimate_layer=self.graph.target_layer,
-            seek_penultimate_conv_layer=False,
-            batch_size=self.mask_batch_size,
-            max_N=self.max_channels,
-        )
+        self._masked_pass.explaining(x, score)
+        try:
+            return self._visualize(
+                score,
+                x,
+                penultimate_layer=self.graph.target_layer,
+                seek_penultimate_conv_layer=False,
+                batch_size=self.mask_batch_size,
+                max_N=self.max_channels,
+            )
+        finally:
+            self._masked_pass.explaining(None, None)
 
 
 class FasterScoreCAM(ScoreCAM):

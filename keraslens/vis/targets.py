@@ -46,7 +46,8 @@ class TargetScore(Score):
 
     It keeps the logits of its first call, so the predicted class and its score come from
     the very forward pass that produced the map. Methods whose passes see altered inputs
-    (Score-CAM's masks, SmoothGrad's noise) set `logits` from one clean pass beforehand.
+    set `logits` from a clean pass beforehand: Score-CAM from the clean rows it adds to its
+    masked inputs' pass, SmoothGrad from one pass of its own.
     """
 
     def __init__(self, targets: np.ndarray | None) -> None:
