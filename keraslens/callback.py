@@ -21,7 +21,13 @@ from keraslens.capture.traversal import LayerSelector
 from keraslens.errors import KeraslensError
 from keraslens.plugin import to_jsonable
 from keraslens.result import AnalysisResult, PluginRun
-from keraslens.runner import _capture_settings, _meta, _prepare_runs, _sample, run_plugins
+from keraslens.runner import (
+    context_sample,
+    merged_capture_settings,
+    prepare_runs,
+    run_meta,
+    run_plugins,
+)
 
 METRICS = ("dead_fraction", "saturated_fraction", "mean", "std", "firing_rate")
 """The per-layer figures of the training history."""
@@ -140,7 +146,7 @@ class LensCallback(keras.callbacks.Callback):
         self.verbose = verbose
         self._minimal = plugins is None
         # Names and options are checked now, before any training step.
-        self._runs = _prepare_runs(plugins, None, options, self._minimal)
+        self._runs = prepare_runs(plugins, None, options, self._minimal)
         self.thresholds = {**_plugin_thresholds(self._runs), **_check_thresholds(thresholds)}
         self.history: list[dict[str, Any]] = []
         self.bands: dict[str, list[dict[str, Any]]] = {}
@@ -164,8 +170,8 @@ class LensCallback(keras.callbacks.Callback):
             _require_tensorboard()
         self._started = False
         if self._lens is None or self._lens.model is not self.model:
-            self._lens = Lens(self.model, self.layers, **_capture_settings(self._runs))
-            self._sample = _sample(self.probe_data, self.labels, self._lens)
+            self._lens = Lens(self.model, self.layers, **merged_capture_settings(self._runs))
+            self._sample = context_sample(self.probe_data, self.labels, self._lens)
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
         if not self._started:
@@ -314,7 +320,7 @@ class LensCallback(keras.callbacks.Callback):
     def _meta(self, stats: Mapping[str, LayerStats], figures: bool) -> dict[str, Any]:
         samples = next(iter(stats.values())).samples
         data_source = f"probe data at epoch {self._epoch}, step {self._step}"
-        return _meta(
+        return run_meta(
             self.model,
             data_source,
             samples,

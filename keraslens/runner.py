@@ -76,12 +76,12 @@ def analyze(
     result.to_html("report.html")
     ```
     """
-    runs = _prepare_runs(plugins, exclude, options, minimal)
+    runs = prepare_runs(plugins, exclude, options, minimal)
     data, labels, n_samples = _subsample(data, labels, samples, seed)
     needs = set().union(*(run_needs for _, run_needs, _ in runs)) if runs else set()
-    lens = Lens(model, layers, **_capture_settings(runs))
+    lens = Lens(model, layers, **merged_capture_settings(runs))
     stats = lens.capture(data, batch_size, progress=progress) if "stats" in needs else {}
-    sample, sample_labels = _sample(data, labels, lens)
+    sample, sample_labels = context_sample(data, labels, lens)
     if n_samples is None:
         n_samples = next(iter(stats.values())).samples if stats else None
     results = run_plugins(
@@ -95,7 +95,7 @@ def analyze(
         minimal=minimal,
         plugin_progress=plugin_progress,
     )
-    meta = _meta(model, data_source, n_samples, samples, seed, batch_size, layers, minimal, runs)
+    meta = run_meta(model, data_source, n_samples, samples, seed, batch_size, layers, minimal, runs)
     return AnalysisResult(meta=meta, plugins=results, stats=stats)
 
 
@@ -111,7 +111,7 @@ def run_plugins(
     minimal: bool = False,
     plugin_progress: PluginProgress | None = None,
 ) -> dict[str, PluginRun]:
-    """Run prepared plugins (`_prepare_runs`) on statistics that were already captured.
+    """Run prepared plugins (`prepare_runs`) on statistics that were already captured.
 
     Shared by `analyze` and `LensCallback`, which captures with one `Lens` per training.
     """
@@ -133,7 +133,7 @@ def run_plugins(
     return results
 
 
-def _prepare_runs(plugins, exclude, options, minimal):
+def prepare_runs(plugins, exclude, options, minimal):
     """Resolve and validate everything before any work starts."""
     names = None if plugins is None else list(plugins)
     infos = registry.select(registry.available(), names, list(exclude or []))
@@ -157,7 +157,8 @@ def _prepare_runs(plugins, exclude, options, minimal):
     return runs
 
 
-def _capture_settings(runs) -> dict[str, Any]:
+def merged_capture_settings(runs) -> dict[str, Any]:
+    """The Lens settings the prepared plugins ask for, which must agree."""
     settings: dict[str, Any] = {}
     for info, _, parsed in runs:
         if info.plugin is None:
@@ -219,7 +220,7 @@ def _subsample(data, labels, samples, seed):
     return data, labels, samples
 
 
-def _sample(data, labels, lens: Lens):
+def context_sample(data, labels, lens: Lens):
     """The first SAMPLE_SIZE samples as NumPy (and their labels), for per-sample plugins."""
     batches, _ = iterate_batches(data, SAMPLE_SIZE, lens._input_rank())
     taken, size = [], 0
@@ -237,7 +238,8 @@ def _sample(data, labels, lens: Lens):
     return sample, sample_labels
 
 
-def _meta(model, data_source, n_samples, samples, seed, batch_size, layers, minimal, runs):
+def run_meta(model, data_source, n_samples, samples, seed, batch_size, layers, minimal, runs):
+    """The report's description of a run: model, data, settings, plugin versions, date."""
     try:
         input_shapes = [list(t.shape) for t in model.inputs]
     except (AttributeError, ValueError):
