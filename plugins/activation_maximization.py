@@ -9,7 +9,7 @@ import numpy as np
 from keraslens.capture import LayerStats
 from keraslens.errors import KeraslensError
 from keraslens.plugin import AnalysisContext, Figure, Finding, Option, Plugin, PluginResult, Table
-from keraslens.vis.compat import input_shape_of, parse_output
+from keraslens.vis.compat import input_shape_of, parse_output, require_continuous_input
 from keraslens.vis.figures import maximization_montage
 from keraslens.vis.layers import is_spatial, layer_shapes
 from keraslens.vis.maximize import maximize, unit_activations
@@ -56,8 +56,15 @@ class ActivationMaximization(Plugin):
     }
 
     def analyze(self, ctx: AnalysisContext) -> PluginResult:
+        reason = None
         if not isinstance(ctx.sample, np.ndarray):
             reason = "the model takes several inputs; activation maximization needs one."
+        else:
+            try:
+                require_continuous_input(ctx.model, ctx.sample)
+            except KeraslensError as error:
+                reason = str(error)
+        if reason is not None:
             return PluginResult(
                 data={"skipped": reason},
                 findings=[Finding(severity="info", message=f"Skipped: {reason}", label="skipped")],

@@ -8,7 +8,7 @@ import numpy as np
 
 from keraslens.errors import KeraslensError
 from keraslens.plugin import AnalysisContext, Figure, Finding, Option, Plugin, PluginResult, Table
-from keraslens.vis.compat import input_shape_of, parse_output
+from keraslens.vis.compat import input_shape_of, parse_output, require_continuous_input
 from keraslens.vis.figures import heatmap_grid
 from keraslens.vis.heatmap import METHODS, explain
 from keraslens.vis.layers import last_spatial_layer
@@ -69,6 +69,10 @@ class Heatmaps(Plugin):
     def analyze(self, ctx: AnalysisContext) -> PluginResult:
         if not isinstance(ctx.sample, np.ndarray):
             return _skipped_all("the model takes several inputs; heatmaps explain one input.")
+        try:
+            require_continuous_input(ctx.model, ctx.sample)
+        except KeraslensError as error:
+            return _skipped_all(str(error))
         options = ctx.options
         labels = _class_labels(ctx.labels)
         shown = _pick_samples(labels, len(ctx.sample), options["per_class"], options["max_samples"])

@@ -83,6 +83,28 @@ def test_heatmaps_skip_cam_on_a_dense_model_with_the_reason():
     assert result.tables[0].rows[0][2] == "skipped"
 
 
+def _token_model():
+    tokens = keras.Input((7,), dtype="int32")
+    hidden = keras.layers.LSTM(4)(keras.layers.Embedding(9, 4, mask_zero=True)(tokens))
+    return keras.Model(tokens, keras.layers.Dense(3, activation="softmax")(hidden))
+
+
+@pytest.mark.parametrize("plugin", [Heatmaps, ActivationMaximization])
+def test_plugins_skip_a_model_of_token_ids_with_the_reason(plugin):
+    x = np.random.default_rng(2).integers(0, 9, size=(12, 7)).astype(np.int32)
+    result = plugin().analyze(_context(plugin, _token_model(), x, stats={}))
+    assert "int32 inputs" in result.data["skipped"]
+    assert "no gradient" in result.findings[0].message
+
+
+def test_heatmap_and_maximize_reject_token_ids_with_a_clear_error():
+    x = np.zeros((2, 7), np.int32)
+    with pytest.raises(keraslens.KeraslensError, match="int32 inputs"):
+        keraslens.heatmap(_token_model(), x, "saliency")
+    with pytest.raises(keraslens.KeraslensError, match="continuous input"):
+        keraslens.maximize(_token_model(), None, [0], steps=1)
+
+
 def test_heatmaps_flag_a_method_that_ignores_the_weights(images):
     ctx = _context(Heatmaps, _conv_model(), images, methods=["saliency"], similarity_threshold=0.0)
     findings = Heatmaps().analyze(ctx).findings

@@ -89,6 +89,25 @@ def input_shape_of(model: keras.Model, x: np.ndarray | None = None) -> tuple:
     return tuple(x.shape[1:])
 
 
+def require_continuous_input(model: keras.Model, x: np.ndarray | None = None) -> None:
+    """Raise when the model's input (or `x`) holds integers, such as token ids.
+
+    Gradient maps and synthesised inputs need an input that can move by small amounts;
+    an `Embedding` lookup has no gradient with respect to its indices.
+    """
+    declared = _declared_inputs(model)
+    dtype = declared[0].dtype if declared else (None if x is None else np.asarray(x).dtype)
+    if dtype is None:
+        return
+    dtype = np.dtype(keras.backend.standardize_dtype(dtype))
+    if np.issubdtype(dtype, np.integer) or dtype == np.bool_:
+        raise KeraslensError(
+            f"Model {model.name!r} takes {dtype.name} inputs (indices such as token ids), "
+            "which have no gradient and cannot be synthesised; heatmaps and activation "
+            "maximization need a continuous input such as an image."
+        )
+
+
 def _declared_inputs(model: keras.Model) -> list | None:
     if isinstance(model, keras.Sequential):
         try:

@@ -10,7 +10,7 @@ import numpy as np
 
 from keraslens.errors import KeraslensError
 from keraslens.vis.cam import FasterScoreCAM, GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM
-from keraslens.vis.compat import build_graph, input_shape_of
+from keraslens.vis.compat import build_graph, input_shape_of, require_continuous_input
 from keraslens.vis.layers import last_spatial_layer, require_spatial
 from keraslens.vis.method import Explanation, Method
 from keraslens.vis.saliency import Saliency, SmoothGrad
@@ -61,6 +61,7 @@ def build_method(
         )
     cls = cls or METHODS[method]
     _check_options(cls, options)
+    require_continuous_input(model)
     if cls.uses_layer:
         suggestion = last_spatial_layer(model, input_shape)
         if layer is None and suggestion is None:

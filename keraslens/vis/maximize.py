@@ -14,7 +14,7 @@ from tf_keras_vis.activation_maximization.regularizers import Norm, TotalVariati
 from tf_keras_vis.utils.scores import CategoricalScore
 
 from keraslens.errors import KeraslensError
-from keraslens.vis.compat import build_graph, input_shape_of
+from keraslens.vis.compat import build_graph, input_shape_of, require_continuous_input
 from keraslens.vis.seeding import numpy_seed
 
 
@@ -122,6 +122,7 @@ def maximize(
                                          input_range=(0.0, 16.0))
     ```
     """
+    require_continuous_input(model)
     shape = tuple(input_shape) if input_shape else input_shape_of(model)
     target = unit_model(model, layer, shape, output)
     units = _checked_units(units, target.outputs[0].shape[-1], layer)
