@@ -245,45 +245,17 @@ _FUSED: dict[tuple, Callable] = {}
 
 
 def _fused_summary(values: tf.Tensor, bounds: tuple[float, float] | None, samples: int | None):
-    """`reduce.batch_summary` under XLA, compiled once per (shape, bounds, samples) for the process.
+    """`reduce.batch_summary` compiled with XLA, once per (shape, bounds, samples) for the process.
 
-    The masked reduction (a batch with NaN or Inf) is a function of its own that XLA
-    compiles only when a batch needs it: compiled as a branch of the fast one, it more
-    than doubled the compile time of every layer shape, which dominates a first capture.
+    Every Lens shares the compiled functions, and since a key is only ever traced
+    once, TensorFlow never sees (and warns about) a function retracing.
     """
-    shape = tuple(values.shape)
-    fast = _compiled(("fast", shape, bounds, samples), lambda v: _fast_summary(v, bounds, samples))
-    moments, shift, hist = fast(values)
-    masked = _compiled(
-        ("masked", shape, bounds), lambda v, s: reduce.reduce_batch(v, s, bounds, masked=True)
-    )
-    moments = tf.cond(
-        reduce.is_clean(moments),
-        lambda: moments,
-        lambda: masked(values, tf.cast(shift, tf.float32)),
-    )
-    return moments, shift, hist
-
-
-def _fast_summary(values: tf.Tensor, bounds: tuple[float, float] | None, samples: int | None):
-    shift = reduce.batch_shift(values)
-    sampled = values if samples is None else values[:samples]
-    return (
-        reduce.reduce_batch(values, shift, bounds, masked=False),
-        tf.cast(shift, tf.float64),
-        reduce.histogram(sampled, compiled=True),
-    )
-
-
-def _compiled(key: tuple, fn: Callable) -> Callable:
-    """One XLA-compiled `tf.function` per key for the process, shared by every Lens.
-
-    Since a key is only ever traced once, TensorFlow never sees (and warns about) a
-    function retracing.
-    """
+    key = (tuple(values.shape), bounds, samples)
     if key not in _FUSED:
-        _FUSED[key] = tf.function(fn, jit_compile=True)
-    return _FUSED[key]
+        _FUSED[key] = tf.function(
+            lambda v: reduce.batch_summary(v, bounds, samples, compiled=True), jit_compile=True
+        )
+    return _FUSED[key](values)
 
 
 def _as_input_tensor(value: Any) -> tf.Tensor:

@@ -84,53 +84,44 @@ def _all_chunks(values, shift, bounds, masked: bool):
     return _combine(parts)
 
 
-def reduce_batch(
-    values: tf.Tensor, shift: tf.Tensor, bounds: tuple[float, float] | None, *, masked: bool
+def moments_around(
+    values: tf.Tensor, shift: tf.Tensor, bounds: tuple[float, float] | None
 ) -> tf.Tensor:
     """Per-unit statistics of one batch `(samples, positions, units)` around `shift`.
 
     Returns a float64 tensor of shape (11, units): finite count, sum and sum of
     squares of `values - shift`, min, max, positive count, samples with a positive
     position, NaN, Inf, and counts at the lower and upper bound (`bounds` already
-    widened by epsilon). `masked` leaves NaN and Inf out of the moments and extremes;
-    the fast path assumes there are none. With static shapes (compile it with
-    `jit_compile=True`) the batch is reduced in cache-sized chunks; otherwise, as under
-    a distribution strategy or for an empty replica batch, in one pass.
+    widened by epsilon). With static shapes (compile it with `jit_compile=True`) the
+    batch is reduced in cache-sized chunks; otherwise, as under a distribution
+    strategy or for an empty replica batch, in one pass. A batch with NaN or Inf
+    takes the masked path.
     """
     if values.shape.is_fully_defined():
-        return _all_chunks(values, shift, bounds, masked)
-    return tf.cast(_chunk_stats(values, shift, bounds, masked), tf.float64)
+        fast = _all_chunks(values, shift, bounds, masked=False)
 
+        def masked():
+            return _all_chunks(values, shift, bounds, masked=True)
+    else:
+        fast = tf.cast(_chunk_stats(values, shift, bounds, masked=False), tf.float64)
 
-def is_clean(moments: tf.Tensor) -> tf.Tensor:
-    """Whether the fast path's sums are finite, i.e. the batch had no NaN or Inf."""
-    return tf.reduce_all(tf.math.is_finite(moments[1:3]))
+        def masked():
+            return tf.cast(_chunk_stats(values, shift, bounds, masked=True), tf.float64)
 
-
-def moments_around(
-    values: tf.Tensor, shift: tf.Tensor, bounds: tuple[float, float] | None
-) -> tf.Tensor:
-    """`reduce_batch` on the fast path, or on the masked one for a batch with NaN or Inf."""
-    fast = reduce_batch(values, shift, bounds, masked=False)
-    return tf.cond(
-        is_clean(fast), lambda: fast, lambda: reduce_batch(values, shift, bounds, masked=True)
-    )
-
-
-def batch_shift(values: tf.Tensor) -> tf.Tensor:
-    """Each unit's first value in the batch, or 0 when it is not finite.
-
-    Shifting by it keeps the float32 sums of squares free of cancellation.
-    """
-    first = values[0, 0]
-    return tf.where(tf.math.is_finite(first), first, 0.0)
+    clean = tf.reduce_all(tf.math.is_finite(fast[1:3]))
+    return tf.cond(clean, lambda: fast, masked)
 
 
 def batch_stats(
     values: tf.Tensor, bounds: tuple[float, float] | None
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """`moments_around` the batch's own `batch_shift`, and that shift (float64)."""
-    shift = batch_shift(values)
+    """`moments_around` the batch's own first value of each unit, and that shift.
+
+    The shift (the first value, or 0 when it is not finite) keeps the float32 sums
+    of squares free of cancellation.
+    """
+    first = values[0, 0]
+    shift = tf.where(tf.math.is_finite(first), first, 0.0)
     return moments_around(values, shift, bounds), tf.cast(shift, tf.float64)
 
 
