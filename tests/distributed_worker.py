@@ -27,22 +27,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import tensorflow as tf  # noqa: E402
 
-FIELDS = (
-    "samples",
-    "count",
-    "finite_count",
-    "positive_count",
-    "sample_positive_count",
-    "nan_count",
-    "inf_count",
-    "lower_count",
-    "upper_count",
-    "mean",
-    "m2",
-    "min",
-    "max",
-    "hist_counts",
-)
+from keraslens.capture.stats import COUNT_FIELDS  # noqa: E402
+
+FIELDS = ("samples", *COUNT_FIELDS, "mean", "m2", "min", "max", "hist_counts")
 
 
 def strategies(args: argparse.Namespace):

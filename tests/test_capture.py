@@ -18,21 +18,13 @@ import tensorflow as tf
 
 from keraslens import KeraslensError, Lens
 from keraslens.capture import histogram_edges
+from keraslens.capture.stats import COUNT_FIELDS
 
 N = 40
 BATCH = 20
 EPSILON = 0.01
 
-COUNTS = (
-    "count",
-    "finite_count",
-    "positive_count",
-    "sample_positive_count",
-    "nan_count",
-    "inf_count",
-    "lower_count",
-    "upper_count",
-)
+COUNTS = COUNT_FIELDS
 MOMENTS = ("mean", "var", "min", "max")
 RATES = ("firing_rate", "sample_firing_rate", "lower_rate", "upper_rate")
 

@@ -15,19 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from keraslens import KeraslensError, LayerStats, Lens
+from keraslens.capture.stats import COUNT_FIELDS
 
 N = 8
-PER_UNIT = (
-    "count",
-    "finite_count",
-    "positive_count",
-    "sample_positive_count",
-    "nan_count",
-    "inf_count",
-    "lower_count",
-    "upper_count",
-    "hist_counts",
-)
+PER_UNIT = (*COUNT_FIELDS, "hist_counts")
 PROPERTY = settings(
     max_examples=15,
     deadline=None,

@@ -24,21 +24,11 @@ import tensorflow as tf
 from conftest import build_nested, build_sequential, build_two_in_two_out
 
 from keraslens import Lens
+from keraslens.capture.stats import COUNT_FIELDS
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 TIMEOUT = 600
-COUNTS = (
-    "samples",
-    "count",
-    "finite_count",
-    "positive_count",
-    "sample_positive_count",
-    "nan_count",
-    "inf_count",
-    "lower_count",
-    "upper_count",
-    "hist_counts",
-)
+COUNTS = ("samples", *COUNT_FIELDS, "hist_counts")
 
 
 def save_case(folder: Path, name: str, model: keras.Model, inputs: dict, **case) -> dict:

@@ -35,6 +35,19 @@ def histogram_edges() -> np.ndarray:
     return np.concatenate([-padded[:0:-1], [0.0], padded[1:]])
 
 
+COUNT_FIELDS = (
+    "count",
+    "finite_count",
+    "positive_count",
+    "sample_positive_count",
+    "nan_count",
+    "inf_count",
+    "lower_count",
+    "upper_count",
+)
+"""The per-unit integer counts of a `LayerStats`, which merge by addition."""
+
+
 @dataclass
 class LayerStats:
     """Per-unit statistics of one layer call site, accumulated over a dataset.
@@ -71,16 +84,7 @@ class LayerStats:
     upper_count: np.ndarray = field(default=None)  # type: ignore[assignment]
     hist_counts: np.ndarray = field(default=None)  # type: ignore[assignment]
 
-    _COUNTS = (
-        "count",
-        "finite_count",
-        "positive_count",
-        "sample_positive_count",
-        "nan_count",
-        "inf_count",
-        "lower_count",
-        "upper_count",
-    )
+    _COUNTS = COUNT_FIELDS
 
     def __post_init__(self) -> None:
         units = self.units
