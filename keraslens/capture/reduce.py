@@ -19,16 +19,22 @@ STAT_NAMES = ("n", "s1", "s2", "min", "max", "pos", "sample_pos", "nan", "inf", 
 
 
 def _chunk_stats(block, shift, bounds, masked: bool):
-    """Statistics of a (samples, positions, units) block as a (11, units) float32 tensor."""
+    """Statistics of a (samples, positions, units) block as an (11, units) tensor.
+
+    Unmasked: float32. Masked (the batch holds NaN or Inf, or its float32 sums
+    overflowed): float64, so that the squares of outputs beyond 1e19 stay finite.
+    """
     if masked:
+        block = tf.cast(block, tf.float64)
+        shift = tf.cast(shift, tf.float64)
         finite = tf.math.is_finite(block)
         centred = tf.where(finite, block - shift, 0.0)
-        n = tf.reduce_sum(tf.cast(finite, tf.float32), [0, 1])
+        n = tf.reduce_sum(tf.cast(finite, block.dtype), [0, 1])
         low = tf.reduce_min(tf.where(finite, block, np.inf), [0, 1])
         high = tf.reduce_max(tf.where(finite, block, -np.inf), [0, 1])
         sample_pos = tf.reduce_any(block > 0, 1)
-        nan = tf.reduce_sum(tf.cast(tf.math.is_nan(block), tf.float32), [0, 1])
-        inf = tf.reduce_sum(tf.cast(tf.math.is_inf(block), tf.float32), [0, 1])
+        nan = tf.reduce_sum(tf.cast(tf.math.is_nan(block), block.dtype), [0, 1])
+        inf = tf.reduce_sum(tf.cast(tf.math.is_inf(block), block.dtype), [0, 1])
     else:
         centred = block - shift
         n = tf.fill(tf.shape(shift), tf.cast(tf.shape(block)[0] * tf.shape(block)[1], tf.float32))
@@ -41,8 +47,8 @@ def _chunk_stats(block, shift, bounds, masked: bool):
     if bounds is None:
         lower = upper = tf.zeros_like(shift)
     else:
-        lower = tf.reduce_sum(tf.cast(block <= bounds[0], tf.float32), [0, 1])
-        upper = tf.reduce_sum(tf.cast(block >= bounds[1], tf.float32), [0, 1])
+        lower = tf.reduce_sum(tf.cast(block <= bounds[0], block.dtype), [0, 1])
+        upper = tf.reduce_sum(tf.cast(block >= bounds[1], block.dtype), [0, 1])
     return tf.stack(
         [
             n,
@@ -50,8 +56,8 @@ def _chunk_stats(block, shift, bounds, masked: bool):
             tf.reduce_sum(tf.square(centred), [0, 1]),
             low,
             high,
-            tf.reduce_sum(tf.cast(block > 0, tf.float32), [0, 1]),
-            tf.reduce_sum(tf.cast(sample_pos, tf.float32), 0),
+            tf.reduce_sum(tf.cast(block > 0, block.dtype), [0, 1]),
+            tf.reduce_sum(tf.cast(sample_pos, block.dtype), 0),
             nan,
             inf,
             lower,
@@ -76,7 +82,7 @@ def _all_chunks(values, shift, bounds, masked: bool):
     parts = tf.map_fn(
         lambda block: _chunk_stats(block, shift, bounds, masked),
         blocks,
-        fn_output_signature=tf.float32,
+        fn_output_signature=tf.float64 if masked else tf.float32,
         parallel_iterations=4,
     )
     if full < batch:
@@ -94,8 +100,8 @@ def moments_around(
     position, NaN, Inf, and counts at the lower and upper bound (`bounds` already
     widened by epsilon). With static shapes (compile it with `jit_compile=True`) the
     batch is reduced in cache-sized chunks; otherwise, as under a distribution
-    strategy or for an empty replica batch, in one pass. A batch with NaN or Inf
-    takes the masked path.
+    strategy or for an empty replica batch, in one pass. A batch with NaN or Inf, or
+    whose float32 sums overflow, takes the masked path, in float64.
     """
     if values.shape.is_fully_defined():
         fast = _all_chunks(values, shift, bounds, masked=False)
@@ -117,12 +123,24 @@ def batch_stats(
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """`moments_around` the batch's own first value of each unit, and that shift.
 
-    The shift (the first value, or 0 when it is not finite) keeps the float32 sums
-    of squares free of cancellation.
+    The shift (the unit's first finite value, or 0 when it has none) keeps the
+    float32 sums of squares free of cancellation.
     """
     first = values[0, 0]
-    shift = tf.where(tf.math.is_finite(first), first, 0.0)
+    shift = tf.cond(
+        tf.reduce_all(tf.math.is_finite(first)), lambda: first, lambda: first_finite(values)
+    )
     return moments_around(values, shift, bounds), tf.cast(shift, tf.float64)
+
+
+def first_finite(values: tf.Tensor) -> tf.Tensor:
+    """Per unit of a `(samples, positions, units)` batch: a finite value (0 where none is)."""
+    rows = tf.reshape(values, [-1, tf.shape(values)[-1]])
+    finite = tf.math.is_finite(rows)
+    # Any finite value of the unit serves as a shift; argmax's pick among ties is one.
+    row = tf.argmax(tf.cast(finite, tf.int32), axis=0, output_type=tf.int32)
+    picked = tf.gather_nd(rows, tf.stack([row, tf.range(tf.shape(rows)[1])], axis=1))
+    return tf.where(tf.reduce_any(finite, 0), picked, tf.zeros_like(picked))
 
 
 def batch_summary(
