@@ -516,6 +516,34 @@ def test_wrong_input_shape_error_names_the_expected_shape(make_sequential, rng):
         Lens(make_sequential()).capture(normal_data(rng, features=5))
 
 
+def test_a_dict_without_an_input_name_is_an_error_naming_the_missing_key(
+    make_two_in_two_out, rng
+):
+    data = {"wide": normal_data(rng), "other": normal_data(rng, features=5)}
+    lens = Lens(make_two_in_two_out())
+    for run in (lens.capture, lens.activations):
+        with pytest.raises(KeraslensError, match=r"no key 'narrow'.*\['wide', 'narrow'\]"):
+            run(data)
+
+
+@pytest.mark.parametrize(
+    ("layers", "message"),
+    [([], "selection is empty"), (3, "not a name, glob"), ("rank1", "units axis")],
+    ids=["empty-list", "int", "rank-1-output"],
+)
+def test_a_selection_found_wanting_while_tracing_is_a_keraslens_error(layers, message, rng):
+    inputs = keras.Input((6,))
+    hidden = keras.layers.Dense(4, name="dense")(inputs)
+    total = keras.layers.Lambda(lambda t: keras.ops.sum(t, axis=-1), name="rank1")(hidden)
+    with pytest.raises(KeraslensError, match=message):
+        Lens(keras.Model(inputs, total), layers=layers).capture(normal_data(rng))
+
+
+def test_activations_of_empty_data_raise(make_sequential):
+    with pytest.raises(KeraslensError, match="empty"):
+        Lens(make_sequential()).activations(np.zeros((0, 6), np.float32))
+
+
 def test_string_data_raises(make_sequential):
     with pytest.raises(KeraslensError, match="dtype"):
         Lens(make_sequential()).capture(np.full((N, 6), "a"))
@@ -534,6 +562,35 @@ def test_variance_is_accurate_for_a_large_mean_and_unit_spread(rng):
     stats = Lens(linear_model()).capture(x, batch_size=4096)["linear"]
     np.testing.assert_allclose(stats.var, x.astype(np.float64).var(0), rtol=1e-3)
     np.testing.assert_allclose(stats.mean, x.astype(np.float64).mean(0), rtol=1e-7)
+
+
+def test_variance_is_accurate_when_a_batch_starts_with_nan(rng):
+    # A shift of 0 instead of a unit's own value cancels 1e8 against 1e-4 in float32.
+    x = (1e4 + 0.01 * rng.normal(size=(BATCH, 4))).astype(np.float32)
+    x[0, :] = np.nan
+    stats = Lens(linear_model()).capture(x, batch_size=BATCH)["linear"]
+    np.testing.assert_allclose(stats.var, np.nanvar(x.astype(np.float64), 0), rtol=1e-2)
+    np.testing.assert_array_equal(stats.nan_count, [1] * 4)
+
+
+def test_variance_of_outputs_whose_squares_overflow_float32_is_exact(rng):
+    x = (1e30 * rng.normal(size=(N, 4))).astype(np.float32)
+    stats = Lens(linear_model()).capture(x, batch_size=BATCH)["linear"]
+    np.testing.assert_allclose(stats.var, x.astype(np.float64).var(0), rtol=1e-6)
+    np.testing.assert_allclose(stats.mean, x.astype(np.float64).mean(0), rtol=1e-6)
+    assert stats.nan_count.sum() == stats.inf_count.sum() == 0
+
+
+def test_integer_inputs_keep_the_dtype_the_model_declares():
+    # 2**24 + 1 has no float32: cast to float, 16777217 % 7 would read 16777216 % 7.
+    inputs = keras.Input((1,), dtype="int32")
+    mod = keras.layers.Lambda(lambda t: keras.ops.cast(t % 7, "float32"), name="mod")(inputs)
+    model = keras.Model(inputs, mod)
+    x = np.array([[16777217], [16777219], [123456789]], np.int32)
+    expected = (x.astype(np.int64) % 7).astype(np.float64)
+    lens = Lens(model)
+    np.testing.assert_array_equal(lens.capture(x)["mod"].mean, expected.mean(0))
+    np.testing.assert_array_equal(lens.activations(x)["mod"], expected)
 
 
 # ---------------------------------------------------------------- the model is left as it was

@@ -43,7 +43,11 @@ def iterate_batches(
     `(x, y[, w])`) or a `keras.utils.PyDataset`. `input_rank` (with batch axis)
     tells an unbatched dataset from a batched one.
     """
-    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+    if (
+        not isinstance(batch_size, (int, np.integer))
+        or isinstance(batch_size, bool)
+        or batch_size < 1
+    ):
         raise KeraslensError(f"batch_size must be a positive integer, got {batch_size!r}.")
     if isinstance(data, tf.data.Dataset):
         return _from_dataset(data, batch_size, input_rank), None
@@ -112,6 +116,14 @@ def check_inputs(model: keras.Model, batch: Any) -> None:
             )
     if declared is None:
         return
+    if isinstance(batch, Mapping):
+        missing = [name for name, _ in declared if name not in batch]
+        if missing and len(declared) > 1:
+            raise KeraslensError(
+                f"The input dict has no key {missing[0]!r}: model {model.name!r} names its "
+                f"inputs {[name for name, _ in declared]}, the dict has {sorted(batch)}. "
+                "Key the arrays by the model's input names."
+            )
     if len(declared) != len(given):
         raise KeraslensError(
             f"Model {model.name!r} takes {len(declared)} input(s) "
@@ -130,12 +142,60 @@ def check_inputs(model: keras.Model, batch: Any) -> None:
             )
 
 
-def _declared_inputs(model: keras.Model) -> list[tuple[str, tuple]] | None:
+def to_input_tensors(model: keras.Model, batch: Any) -> Any:
+    """`batch` as tensors of the dtypes the model declares for its inputs.
+
+    Without declared inputs (a subclassed model), integers, booleans and float64
+    become `floatx`; with them, each array takes its input's dtype, so token ids
+    above 2**24 stay exact in an int32 input.
+    """
+    dtypes = _declared_dtypes(model)
+    if dtypes is None:
+        return tf.nest.map_structure(_as_float_input, batch)
+    if isinstance(batch, Mapping) and all(name in batch for name in dtypes):
+        return {key: _as_tensor(value, dtypes.get(key)) for key, value in batch.items()}
+    flat = tf.nest.flatten(batch)
+    if len(flat) != len(dtypes):
+        return tf.nest.map_structure(_as_float_input, batch)
+    ordered = list(dtypes.values())
+    return tf.nest.pack_sequence_as(
+        batch, [_as_tensor(v, d) for v, d in zip(flat, ordered, strict=True)]
+    )
+
+
+def _as_tensor(value: Any, dtype: tf.DType | None) -> tf.Tensor:
+    tensor = tf.convert_to_tensor(value)
+    if dtype is None or tensor.dtype == dtype:
+        return tensor
+    return tf.cast(tensor, dtype)
+
+
+def _as_float_input(value: Any) -> tf.Tensor:
+    tensor = tf.convert_to_tensor(value)
+    if tensor.dtype.is_integer or tensor.dtype == tf.bool or tensor.dtype == tf.float64:
+        tensor = tf.cast(tensor, keras.config.floatx())
+    return tensor
+
+
+def _symbolic_inputs(model: keras.Model) -> list | None:
+    """The model's declared `keras.Input`s; None for a subclassed model (it has none)."""
     try:
         inputs = model.inputs
     except (AttributeError, ValueError):
         return None
-    if not inputs:
+    return inputs or None
+
+
+def _declared_dtypes(model: keras.Model) -> dict[str, tf.DType] | None:
+    inputs = _symbolic_inputs(model)
+    if inputs is None:
+        return None
+    return {getattr(t, "name", f"input_{i}"): tf.as_dtype(t.dtype) for i, t in enumerate(inputs)}
+
+
+def _declared_inputs(model: keras.Model) -> list[tuple[str, tuple]] | None:
+    inputs = _symbolic_inputs(model)
+    if inputs is None:
         return None
     return [(getattr(t, "name", "input"), tuple(t.shape)) for t in inputs]
 

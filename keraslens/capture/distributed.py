@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from keraslens.capture import reduce
-from keraslens.capture.data import _arrays, _length, _x_of, without_autotune
+from keraslens.capture.data import _arrays, _length, _x_of, to_input_tensors, without_autotune
 from keraslens.capture.stats import HIST_BINS, LayerStats
 from keraslens.errors import KeraslensError
 
@@ -173,9 +173,7 @@ class DistributedCapture:
     # Replica functions ------------------------------------------------------------------
 
     def _replica_step(self, batch: Any, agree_shift: bool) -> None:
-        from keraslens.capture.lens import _as_input_tensor
-
-        recorded = self.lens._record(tf.nest.map_structure(_as_input_tensor, batch))
+        recorded = self.lens._record(to_input_tensors(self.lens.model, batch))
         values = {key: _by_unit(tensor, site.units) for key, (site, tensor, _) in recorded.items()}
         if agree_shift:
             self._agree_shift(values)

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from keraslens.capture import distributed, reduce
 from keraslens.capture.activations import identify
-from keraslens.capture.data import check_inputs, iterate_batches
+from keraslens.capture.data import check_inputs, iterate_batches, to_input_tensors
 from keraslens.capture.intercept import Summarize, record_calls
 from keraslens.capture.stats import LayerStats
 from keraslens.capture.traversal import LayerSelector, select
@@ -130,7 +130,7 @@ class Lens:
         done = 0
         for batch in batches:
             batch = self._prepare(batch)
-            outputs = self._stats_step(batch)
+            outputs = _traced(self._stats_step, batch)
             size = int(tf.nest.flatten(batch)[0].shape[0])
             for site in self.sites:
                 part = _batch_layer_stats(site, outputs[site.key], size, self.epsilon)
@@ -152,8 +152,10 @@ class Lens:
 
         Meant for a few samples (per-sample maps); use `capture` for statistics.
         """
-        batch = self._prepare(next(iter(iterate_batches(x, 1 << 30, self._input_rank())[0])))
-        recorded = self._activations_step(batch)
+        batch = next(iter(iterate_batches(x, 1 << 30, self._input_rank())[0]), None)
+        if batch is None or int(tf.nest.flatten(batch)[0].shape[0]) == 0:
+            raise KeraslensError("The data is empty: there are no samples to record.")
+        recorded = _traced(self._activations_step, self._prepare(batch))
         return {key: value.numpy() for key, value in recorded.items()}
 
     def _input_rank(self) -> int | None:
@@ -175,7 +177,7 @@ class Lens:
 
     def _prepare(self, batch: Any) -> Any:
         check_inputs(self.model, batch)
-        batch = tf.nest.map_structure(_as_input_tensor, batch)
+        batch = to_input_tensors(self.model, batch)
         if not self.model.built:
             self._run_eagerly_once(tf.nest.map_structure(lambda t: t[:1], batch))
         return batch
@@ -187,8 +189,7 @@ class Lens:
             shapes = [tuple(t.shape) for t in tf.nest.flatten(batch)]
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
             raise KeraslensError(
-                f"Model {self.model.name!r} could not run on inputs of shape {shapes}: "
-                f"{first_line}"
+                f"Model {self.model.name!r} could not run on inputs of shape {shapes}: {first_line}"
             ) from error
 
     def _record(
@@ -241,6 +242,23 @@ class Lens:
         return {key: tensor for key, (_, tensor, _) in self._record(x).items()}
 
 
+def _traced(step: Callable, batch: Any) -> Any:
+    """`step(batch)`, re-raising a `KeraslensError` from its trace as itself.
+
+    Autograph wraps an exception raised while tracing in a `StagingError` unless the
+    exception's type is one it knows, which would hide the message meant for the user.
+    """
+    try:
+        return step(batch)
+    except KeraslensError:
+        raise
+    except Exception as error:
+        cause = error.__cause__ or error.__context__
+        if isinstance(cause, KeraslensError):
+            raise cause from None
+        raise
+
+
 _FUSED: dict[tuple, Callable] = {}
 
 
@@ -256,13 +274,6 @@ def _fused_summary(values: tf.Tensor, bounds: tuple[float, float] | None, sample
             lambda v: reduce.batch_summary(v, bounds, samples, compiled=True), jit_compile=True
         )
     return _FUSED[key](values)
-
-
-def _as_input_tensor(value: Any) -> tf.Tensor:
-    tensor = tf.convert_to_tensor(value)
-    if tensor.dtype.is_integer or tensor.dtype == tf.bool or tensor.dtype == tf.float64:
-        tensor = tf.cast(tensor, keras.config.floatx())
-    return tensor
 
 
 def _batch_layer_stats(site: CallSite, outputs, samples: int, epsilon: float) -> LayerStats:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import keras
 
@@ -35,7 +36,9 @@ def walk(model: keras.layers.Layer, prefix: str = "") -> Iterator[tuple[str, ker
     """
     seen: set[int] = set()
 
-    def visit(container: keras.layers.Layer, prefix: str) -> Iterator[tuple[str, keras.layers.Layer]]:
+    def visit(
+        container: keras.layers.Layer, prefix: str
+    ) -> Iterator[tuple[str, keras.layers.Layer]]:
         for child in _children(container):
             if id(child) in seen:
                 continue
@@ -65,7 +68,9 @@ def select(
             layer class (`keras.layers.Dense`), or a predicate `layer -> bool`.
     """
     # Input layers are never called in the forward pass: there is nothing to capture.
-    everything = [(p, lay) for p, lay in walk(model) if not isinstance(lay, keras.layers.InputLayer)]
+    everything = [
+        (p, lay) for p, lay in walk(model) if not isinstance(lay, keras.layers.InputLayer)
+    ]
     if not everything:
         raise KeraslensError(
             f"Model {model.name!r} has no layers to capture. Build it (call it on data "
@@ -73,7 +78,7 @@ def select(
         )
     if layers is None:
         return [(p, lay) for p, lay in everything if is_leaf(lay)]
-    selectors = [layers] if isinstance(layers, (str, type)) or callable(layers) else list(layers)
+    selectors = _selectors(layers)
     chosen: dict[int, tuple[str, keras.layers.Layer]] = {}
     for selector in selectors:
         matches = [(p, lay) for p, lay in everything if _matches(selector, p, lay)]
@@ -87,6 +92,22 @@ def select(
             chosen.setdefault(id(layer), (path, layer))
     order = {id(lay): i for i, (_, lay) in enumerate(everything)}
     return sorted(chosen.values(), key=lambda item: order[id(item[1])])
+
+
+def _selectors(layers: Any) -> list:
+    if isinstance(layers, (str, type)) or callable(layers):
+        return [layers]
+    if not isinstance(layers, Iterable):
+        raise KeraslensError(
+            f"Layer selector {layers!r} is not a name, glob, layer class or predicate, "
+            "nor a list of them."
+        )
+    selectors = list(layers)
+    if not selectors:
+        raise KeraslensError(
+            "The layer selection is empty: pass None to capture every layer, or name some."
+        )
+    return selectors
 
 
 def _matches(selector: LayerSelector, path: str, layer: keras.layers.Layer) -> bool:
