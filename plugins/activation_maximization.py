@@ -76,6 +76,7 @@ class ActivationMaximization(Plugin):
             "steps": options["steps"],
             "seed": ctx.seed,
             "input_range": (float(x.min()), float(x.max())),
+            "input_shape": input_shape_of(ctx.model, x),
             "output": output,
             "learning_rate": options["learning_rate"],
             "tv_weight": options["tv_weight"],

@@ -143,3 +143,62 @@ def test_both_plugins_run_through_analyze(images):
     )
     for name in ("heatmaps", "activation-maximization"):
         assert result.plugins[name].error is None, result.plugins[name].traceback
+
+
+class SubclassedCNN(keras.Model):
+    """Conv -> pooling -> linear head, built only by calling it: no declared input."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = keras.layers.Conv2D(4, 3, activation="relu", name="conv")
+        self.pool = keras.layers.GlobalAveragePooling2D(name="pool")
+        self.head = keras.layers.Dense(2, name="head")
+
+    def call(self, inputs):
+        return self.head(self.pool(self.conv(inputs)))
+
+
+@pytest.mark.slow
+def test_maximization_of_a_subclassed_model_reads_the_input_shape_from_the_data(images):
+    keras.utils.set_random_seed(0)
+    model = SubclassedCNN()
+    run = keraslens.analyze(
+        model,
+        images,
+        plugins=["activation-maximization"],
+        options={"activation-maximization": {"steps": 30}},
+        seed=0,
+    ).plugins["activation-maximization"]
+    assert run.error is None, run.traceback
+    classes = run.result.data["layers"]["output classes"]
+    # The documented start: a uniform draw over the data range from default_rng(seed).
+    low, high = float(images.min()), float(images.max())
+    start = np.random.default_rng(0).uniform(low, high, (2, 10, 10, 1)).astype(np.float32)
+    start_scores = keras.ops.convert_to_numpy(model(start))[[0, 1], [0, 1]]
+    assert classes["units"] == [0, 1]
+    assert np.all(np.asarray(classes["reached"]) > start_scores)
+
+
+def test_maximize_asks_for_the_input_shape_of_a_subclassed_model_it_cannot_read():
+    with pytest.raises(keraslens.KeraslensError, match=r"declares no input.*pass input_shape="):
+        keraslens.maximize(SubclassedCNN(), None, [0], steps=1)
+
+
+def test_a_rank_1_output_is_one_score_maximised_as_unit_0():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((5,))
+    dense = keras.layers.Dense(3, name="dense")
+    total = keras.layers.Lambda(lambda t: keras.ops.sum(t, axis=-1), name="total")
+    model = keras.Model(inputs, total(dense(inputs)))
+    x = np.random.default_rng(3).uniform(-1.0, 1.0, (16, 5)).astype(np.float32)
+    ctx = _context(ActivationMaximization, model, x, layers=["dense"], steps=50)
+    score = ActivationMaximization().analyze(ctx).data["layers"]["output classes"]
+    # The score is linear, sum(kernel.T @ x + bias): over the box of the data range it
+    # peaks at the corner that takes `high` where the summed weight is positive.
+    kernel, bias = dense.get_weights()
+    weight, low, high = kernel.sum(axis=1), x.min(), x.max()
+    box_max = bias.sum() + np.where(weight > 0, high, low) @ weight
+    best = keras.ops.convert_to_numpy(model(x)).max()
+    assert score["units"] == [0]
+    assert score["best_natural"][0] == pytest.approx(best, rel=1e-5)
+    assert best < score["reached"][0] <= box_max + 1e-5

@@ -14,7 +14,12 @@ from tf_keras_vis.activation_maximization.regularizers import Norm, TotalVariati
 from tf_keras_vis.utils.scores import CategoricalScore
 
 from keraslens.errors import KeraslensError
-from keraslens.vis.compat import build_graph, input_shape_of, require_continuous_input
+from keraslens.vis.compat import (
+    _declared_inputs,
+    build_graph,
+    input_shape_of,
+    require_continuous_input,
+)
 from keraslens.vis.seeding import numpy_seed
 
 
@@ -46,9 +51,15 @@ def unit_model(
     model: keras.Model, layer: str | None, input_shape: Sequence, output: int | str | None = None
 ) -> keras.Model:
     """A model from the input to `layer`'s activation, or to the pre-activation class scores
-    when `layer` is None (a softmax would let a class win only by suppressing the others)."""
+    when `layer` is None (a softmax would let a class win only by suppressing the others).
+
+    A rank-1 output `(batch,)` is one score per sample: it becomes unit 0 of `(batch, 1)`.
+    """
     graph = build_graph(model, input_shape, output, layer)
-    return graph.layer_model() if layer else graph.score_model()
+    target = graph.layer_model() if layer else graph.score_model()
+    if len(target.outputs[0].shape) == 1:
+        return keras.Model(target.inputs, keras.layers.Reshape((1,))(target.outputs[0]))
+    return target
 
 
 def unit_values(outputs: np.ndarray) -> np.ndarray:
@@ -123,7 +134,7 @@ def maximize(
     ```
     """
     require_continuous_input(model)
-    shape = tuple(input_shape) if input_shape else input_shape_of(model)
+    shape = tuple(input_shape) if input_shape is not None else _declared_shape(model)
     target = unit_model(model, layer, shape, output)
     units = _checked_units(units, target.outputs[0].shape[-1], layer)
     low, high = (float(v) for v in input_range)
@@ -160,6 +171,16 @@ def maximize(
     inputs = np.asarray(offsets) + np.float32(middle)
     reached = unit_values(target([inputs], training=False))
     return Maximization(inputs, reached[np.arange(len(units)), units])
+
+
+def _declared_shape(model: keras.Model) -> tuple:
+    if _declared_inputs(model) is None:
+        raise KeraslensError(
+            f"Model {model.name!r} is subclassed and declares no input, so maximize() cannot "
+            "tell the shape of the input to synthesise; pass input_shape=, the shape of one "
+            "sample, e.g. input_shape=x.shape[1:]."
+        )
+    return input_shape_of(model)
 
 
 def _checked_units(units: int | Sequence[int], count: int, layer: str | None) -> np.ndarray:
