@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -9,7 +10,7 @@ from keraslens_plugins import _common
 
 from keraslens.capture import LayerStats
 from keraslens.capture.activations import RELU_FAMILY
-from keraslens.plugin import AnalysisContext, Option, Plugin, PluginResult, Table
+from keraslens.plugin import AnalysisContext, Finding, Option, Plugin, PluginResult, Table
 
 _FIRES = "fires"
 _CONSTANT = "constant"
@@ -36,8 +37,8 @@ def dead_units(stats: LayerStats, nearly_dead_rate: float) -> tuple[str, np.ndar
 
     A ReLU-family unit is dead when its output is never > 0 (positions pooled) on any
     sample, and nearly dead when it fires in fewer than `nearly_dead_rate` of the
-    samples without being dead. Any other unit is dead when its finite outputs are
-    all equal (min == max); "nearly dead" does not apply to it.
+    samples without being dead. Any other unit is dead when its finite outputs, two at
+    least, are all equal (min == max); "nearly dead" does not apply to it.
 
     Returns:
         The rule applied ("fires" or "constant"), and the boolean masks of the dead
@@ -48,8 +49,17 @@ def dead_units(stats: LayerStats, nearly_dead_rate: float) -> tuple[str, np.ndar
         dead = seen & (stats.positive_count == 0)
         nearly = seen & ~dead & (stats.sample_firing_rate < nearly_dead_rate)
         return _FIRES, dead, nearly
-    dead = seen & (stats.min == stats.max)
+    dead = _comparable(stats) & (stats.min == stats.max)
     return _CONSTANT, dead, np.zeros_like(dead)
+
+
+def _comparable(stats: LayerStats) -> np.ndarray:
+    """Mask of the units with two finite outputs or more (over samples and positions).
+
+    A single output always equals itself (zero variance by construction): it says
+    nothing about whether the unit is constant.
+    """
+    return stats.finite_count > 1
 
 
 class DeadNeurons(Plugin):
@@ -89,7 +99,7 @@ class DeadNeurons(Plugin):
     def analyze(self, ctx: AnalysisContext) -> PluginResult:
         """Classify every unit of every captured layer."""
         rate, threshold = ctx.options["nearly_dead_rate"], ctx.options["threshold"]
-        layers, findings, rows = {}, [], []
+        layers, findings, rows, unchecked = {}, [], [], []
         for key, stats in ctx.stats.items():
             rule, dead, nearly = dead_units(stats, rate)
             entry = {
@@ -103,9 +113,13 @@ class DeadNeurons(Plugin):
             }
             layers[key] = entry
             rows.append(_row(key, entry))
-            finding = _finding(key, stats, entry, threshold)
+            finding = _finding(key, stats, entry, threshold, rate)
             if finding is not None:
                 findings.append(finding)
+            if rule == _CONSTANT and np.any((stats.finite_count > 0) & ~_comparable(stats)):
+                unchecked.append(key)
+        if unchecked:
+            findings.append(_unchecked_finding(unchecked, ctx.stats[unchecked[0]].samples))
         result = PluginResult(
             data={"layers": layers, **_totals(layers)},
             findings=findings,
@@ -144,20 +158,29 @@ def _totals(layers: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _finding(key: str, stats: LayerStats, entry: dict[str, Any], threshold: float):
+def _samples(count: int) -> str:
+    return f"{count} sample" if count == 1 else f"{count} samples"
+
+
+def _finding(key: str, stats: LayerStats, entry: dict[str, Any], threshold: float, rate: float):
     dead, share = entry["dead_units"], entry["dead_fraction"]
     causes, fix = _CAUSES[entry["rule"]]
-    samples = stats.samples
-    what = (
-        f"never fire (output > 0) on any of the {samples} samples"
-        if entry["rule"] == _FIRES
-        else f"give the same output on all {samples} samples"
-    )
+    fires = entry["rule"] == _FIRES
+    what = "never fire (output > 0)" if fires else "always give the same output"
     activation = stats.activation or "no activation"
     message = (
-        f"{len(dead)} of {stats.units} units of layer {key!r} ({activation}) {what}: "
-        f"{share:.0%} dead, above the threshold of {threshold:.0%}. {causes}"
+        f"{len(dead)} of {stats.units} units of layer {key!r} ({activation}) {what} on the "
+        f"{_samples(stats.samples)} analysed: {share:.0%} dead, above the threshold of "
+        f"{threshold:.0%}. {causes}"
     )
+    # A unit firing at just under nearly_dead_rate is expected to fire less than once
+    # on fewer than 1 / rate samples: there, never firing does not mean dead.
+    if fires and 0 < stats.samples * rate < 1:
+        message += (
+            f" {_samples(stats.samples)} cannot tell a dead unit from one firing "
+            f"in fewer than {rate:.0%} of the samples: analyse {math.ceil(1 / rate)} samples "
+            "or more to confirm."
+        )
     return _common.layer_fraction_finding(
         plugin=DeadNeurons.name,
         layer=key,
@@ -167,6 +190,19 @@ def _finding(key: str, stats: LayerStats, entry: dict[str, Any], threshold: floa
         label="dead units",
         message=message,
         fix=fix,
+    )
+
+
+def _unchecked_finding(layers: list[str], samples: int) -> Finding:
+    names = ", ".join(repr(key) for key in layers)
+    return Finding(
+        severity="info",
+        message=(
+            f"Not checked for constant units: {names}, whose units have a single output "
+            f"on the {_samples(samples)} analysed, and a single output always equals itself."
+        ),
+        label="too few samples",
+        fix="Analyse 2 samples or more.",
     )
 
 

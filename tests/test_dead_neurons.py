@@ -179,3 +179,78 @@ def test_units_outside_the_relu_family_are_dead_only_when_constant(planted, name
     assert layer["rule"] == "constant"
     assert layer["dead_units"] == [2, 9]
     assert layer["nearly_dead_units"] == []
+
+
+def _one_sample_model() -> keras.Model:
+    """Input (2, 3) -> linear (2 units per position) -> pooling -> relu -> softmax, by hand.
+
+    On the sample [[1, 2, 3], [4, 5, 6]]: `linear` gives [0.5, 1] and [0.5, 4] at its two
+    positions, `pool` [0.5, 2.5], `relu` max(0, [2.5, -2.5]) = [2.5, 0], `out` one
+    softmax pair.
+    """
+    inputs = keras.Input((2, 3))
+    linear = keras.layers.Dense(2, name="linear")
+    relu = keras.layers.Dense(2, activation="relu", name="relu")
+    pooled = keras.layers.GlobalAveragePooling1D(name="pool")(linear(inputs))
+    outputs = keras.layers.Dense(2, activation="softmax", name="out")(relu(pooled))
+    model = keras.Model(inputs, outputs)
+    linear.set_weights(
+        [np.array([[0, 1], [0, 0], [0, 0]], "float32"), np.array([0.5, 0], "float32")]
+    )
+    relu.set_weights([np.array([[0, 0], [1, -1]], "float32"), np.zeros(2, "float32")])
+    return model
+
+
+@pytest.fixture(scope="module")
+def one_sample():
+    model, x = _one_sample_model(), np.array([[[1, 2, 3], [4, 5, 6]]], "float32")
+    return model, x, _dead_neurons(model, x)
+
+
+def test_one_sample_gives_the_hand_computed_outputs(one_sample):
+    model, x, _ = one_sample
+
+    np.testing.assert_allclose(_outputs(model, "linear", x)[0], [[0.5, 1], [0.5, 4]])
+    np.testing.assert_allclose(_outputs(model, "relu", x)[0], [[2.5, 0]])
+
+
+def test_units_with_a_single_output_are_not_called_constant(one_sample):
+    _, _, entry = one_sample
+
+    assert entry["layers"]["pool"]["dead_units"] == []
+    assert entry["layers"]["out"]["dead_units"] == []
+
+
+def test_a_unit_constant_over_the_positions_of_one_sample_is_dead(one_sample):
+    _, _, entry = one_sample
+
+    assert entry["layers"]["linear"]["dead_units"] == [0]
+
+
+def test_layers_with_a_single_output_per_unit_get_an_info_finding(one_sample):
+    _, _, entry = one_sample
+
+    (finding,) = [f for f in entry["findings"] if f["label"] == "too few samples"]
+
+    assert finding["severity"] == "info"
+    assert "'pool', 'out'" in finding["message"] and "1 sample analysed" in finding["message"]
+    assert finding["fix"] == "Analyse 2 samples or more."
+
+
+def test_a_relu_unit_silent_on_one_sample_is_dead_with_how_few_samples_it_rests_on(one_sample):
+    _, _, entry = one_sample
+
+    finding = _finding(entry, "relu")
+
+    assert entry["layers"]["relu"]["dead_units"] == [1]
+    assert (finding["severity"], finding["value"]) == ("warning", 1 / 2)
+    assert "never fire (output > 0) on the 1 sample analysed" in finding["message"]
+    assert "1 sample cannot tell a dead unit from one firing in fewer than 1%" in finding["message"]
+    assert "analyse 100 samples or more" in finding["message"]
+
+
+def test_enough_samples_for_the_nearly_dead_rate_carry_no_caveat(planted):
+    _, x, entry = planted
+
+    assert len(x) * 0.01 >= 1
+    assert "cannot tell a dead unit" not in _finding(entry, "quarter_dead")["message"]
