@@ -1,14 +1,20 @@
 """Capture cost on the reference CNN, measured side by side in one run.
 
 Prints (median of --repeats after a warm-up, runs interleaved):
-  - capture-all-layers time / plain `model.predict` time;
+  - capture-all-layers time / plain `model.predict` time, and the range of that ratio
+    over the rounds (each round times every method back to back, so the per-round ratio
+    is free of the machine's drift between rounds);
   - the same ratio for the naive approach (one multi-output model keeping every
     activation, statistics in NumPy);
+  - two probes of the machine's state at that moment, as the ratio depends on it: the
+    reductions read memory, the convolutions mostly compute (GB/s of a compiled sum over
+    34 MB, GFLOP/s of a 1024x1024 matmul);
   - peak RSS of a capture for N = 2,000, 10,000 and 40,000 samples, each in its own
     process (median of --rss-repeats: the heap's fragmentation varies by run), with the data generated batch by batch so it is never all in memory,
     next to a plain compiled forward pass over the same batches.
 
 Usage: python benchmarks/capture.py [--samples 2048] [--repeats 7] [--rss-repeats 3]
+(--rss-repeats 0: the timings only)
 """
 
 from __future__ import annotations
@@ -95,7 +101,19 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def compare(n: int, repeats: int) -> dict:
+def machine_probes(repeats: int = 9) -> tuple[float, float]:
+    """(GB/s read by a compiled sum over 34 MB, GFLOP/s of a float32 1024x1024 matmul)."""
+    values = tf.random.uniform((256 * 1024, 32))
+    total = tf.function(lambda v: tf.reduce_sum(v, 0), jit_compile=True)
+    a = tf.random.uniform((1024, 1024))
+    product = tf.function(lambda m: tf.reduce_sum(tf.matmul(m, m)))
+    total(values).numpy(), product(a).numpy()
+    read = statistics.median(timed(lambda: total(values).numpy()) for _ in range(repeats))
+    mult = statistics.median(timed(lambda: product(a).numpy()) for _ in range(repeats))
+    return values.numpy().nbytes / read / 1e9, 2 * 1024**3 / mult / 1e9
+
+
+def compare(n: int, repeats: int) -> dict[str, list[float]]:
     model = reference_cnn()
     data = random_batches(n)
     lens = keraslens.Lens(model)
@@ -110,7 +128,7 @@ def compare(n: int, repeats: int) -> dict:
     for _ in range(repeats):
         for name, fn in runs.items():
             times[name].append(timed(fn))
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
 
 
 def peak_rss_child(n: int, what: str) -> None:
@@ -162,14 +180,24 @@ def main() -> None:
         peak_rss_child(args.rss_child, args.rss_what)
         return
     print(f"reference CNN, N={args.samples}, batch {BATCH}, median of {args.repeats}")
-    medians = compare(args.samples, args.repeats)
-    print(f"{'method':<34}{'seconds':>10}{'/ predict':>12}")
+    bandwidth, flops = machine_probes()
+    times = compare(args.samples, args.repeats)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    print(f"{'method':<34}{'seconds':>10}{'/ predict':>12}{'per round':>16}")
     for name, label in (
         ("predict", "model.predict"),
         ("capture", "keraslens capture (all layers)"),
         ("naive", "naive (all activations + NumPy)"),
     ):
-        print(f"{label:<34}{medians[name]:>10.3f}{medians[name] / medians['predict']:>12.2f}")
+        rounds = [t / p for t, p in zip(times[name], times["predict"], strict=True)]
+        spread = f"{min(rounds):.2f}-{max(rounds):.2f}"
+        print(
+            f"{label:<34}{medians[name]:>10.3f}{medians[name] / medians['predict']:>12.2f}"
+            f"{spread:>16}"
+        )
+    print(f"machine probes before the runs: read {bandwidth:.1f} GB/s, matmul {flops:.0f} GFLOP/s")
+    if args.rss_repeats < 1:
+        return
     print()
     print(f"{'N':>8}{'capture peak RSS (MB)':>24}{'forward-only peak RSS (MB)':>30}")
     sizes = (2_000, 10_000, 40_000)
