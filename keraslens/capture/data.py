@@ -118,6 +118,7 @@ def check_inputs(model: keras.Model, batch: Any) -> None:
         return
     if isinstance(batch, Mapping):
         missing = [name for name, _ in declared if name not in batch]
+        # A one-input model takes a one-array dict under any key, as Keras does.
         if missing and len(declared) > 1:
             raise KeraslensError(
                 f"The input dict has no key {missing[0]!r}: model {model.name!r} names its "
@@ -154,13 +155,9 @@ def to_input_tensors(model: keras.Model, batch: Any) -> Any:
         return tf.nest.map_structure(_as_float_input, batch)
     if isinstance(batch, Mapping) and all(name in batch for name in dtypes):
         return {key: _as_tensor(value, dtypes.get(key)) for key, value in batch.items()}
-    flat = tf.nest.flatten(batch)
-    if len(flat) != len(dtypes):
-        return tf.nest.map_structure(_as_float_input, batch)
-    ordered = list(dtypes.values())
-    return tf.nest.pack_sequence_as(
-        batch, [_as_tensor(v, d) for v, d in zip(flat, ordered, strict=True)]
-    )
+    # check_inputs has matched the number of arrays to the number of inputs.
+    flat = zip(tf.nest.flatten(batch), dtypes.values(), strict=True)
+    return tf.nest.pack_sequence_as(batch, [_as_tensor(v, d) for v, d in flat])
 
 
 def _as_tensor(value: Any, dtype: tf.DType | None) -> tf.Tensor:

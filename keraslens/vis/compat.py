@@ -69,8 +69,9 @@ def input_shape_of(model: keras.Model, x: np.ndarray | None = None) -> tuple:
     if x is None:
         if declared is None:
             raise KeraslensError(
-                f"Model {model.name!r} is subclassed and has no declared input; pass data "
-                "so that keraslens can read the input shape."
+                f"Model {model.name!r} is subclassed and declares no input, so keraslens "
+                "cannot tell the shape of its input; pass input_shape=, the shape of one "
+                "sample (e.g. x.shape[1:]), or data."
             )
         return tuple(declared[0].shape[1:])
     x = np.asarray(x)

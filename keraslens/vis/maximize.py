@@ -14,12 +14,7 @@ from tf_keras_vis.activation_maximization.regularizers import Norm, TotalVariati
 from tf_keras_vis.utils.scores import CategoricalScore
 
 from keraslens.errors import KeraslensError
-from keraslens.vis.compat import (
-    _declared_inputs,
-    build_graph,
-    input_shape_of,
-    require_continuous_input,
-)
+from keraslens.vis.compat import build_graph, input_shape_of, require_continuous_input
 from keraslens.vis.seeding import numpy_seed
 
 
@@ -134,7 +129,7 @@ def maximize(
     ```
     """
     require_continuous_input(model)
-    shape = tuple(input_shape) if input_shape is not None else _declared_shape(model)
+    shape = tuple(input_shape) if input_shape is not None else input_shape_of(model)
     target = unit_model(model, layer, shape, output)
     units = _checked_units(units, target.outputs[0].shape[-1], layer)
     low, high = (float(v) for v in input_range)
@@ -171,16 +166,6 @@ def maximize(
     inputs = np.asarray(offsets) + np.float32(middle)
     reached = unit_values(target([inputs], training=False))
     return Maximization(inputs, reached[np.arange(len(units)), units])
-
-
-def _declared_shape(model: keras.Model) -> tuple:
-    if _declared_inputs(model) is None:
-        raise KeraslensError(
-            f"Model {model.name!r} is subclassed and declares no input, so maximize() cannot "
-            "tell the shape of the input to synthesise; pass input_shape=, the shape of one "
-            "sample, e.g. input_shape=x.shape[1:]."
-        )
-    return input_shape_of(model)
 
 
 def _checked_units(units: int | Sequence[int], count: int, layer: str | None) -> np.ndarray:
