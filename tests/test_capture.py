@@ -678,17 +678,3 @@ def test_to_dict_is_json_with_non_finite_values_as_null(rng):
     np.testing.assert_allclose(as_json["mean"][:3], numpy_stats(x[:, :3])["mean"], rtol=1e-5)
 
 
-def test_batch_reduction_without_static_shapes_matches_the_chunked_one():
-    from keraslens.capture import reduce
-
-    values = np.random.default_rng(3).normal(size=(5, 7, 3)).astype("float32")
-    values[1, 2, 0] = np.nan
-
-    @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.float32)])
-    def dynamic(v):
-        return reduce.batch_stats(v, (-0.5, 0.5))
-
-    chunked = tf.function(reduce.batch_stats, jit_compile=True)(tf.constant(values), (-0.5, 0.5))
-    np.testing.assert_allclose(
-        dynamic(values)[0].numpy(), chunked[0].numpy(), rtol=1e-5, equal_nan=True
-    )

@@ -27,7 +27,6 @@ from keraslens.capture.stats import HIST_BINS, LayerStats
 from keraslens.errors import KeraslensError
 
 _SUMMED_ROWS = (0, 1, 2, 5, 6, 7, 8, 9, 10)  # rows of `reduce.STAT_NAMES` merged by a sum
-_FUSED: dict[tuple, Callable] = {}
 _CAPTURE_STRATEGY: list[tf.distribute.Strategy] = []
 
 
@@ -184,12 +183,11 @@ class DistributedCapture:
             if site.bounds is not None:
                 eps = self.lens.epsilon
                 bounds = (site.bounds[0] + eps, site.bounds[1] - eps)
-            moments = _fused_moments(values[key], bounds)(values[key], state.shift.read_value())
+            moments, _, hist = reduce.batch_summary(
+                values[key], bounds, self.lens.histogram_samples, state.shift.read_value()
+            )
             state.moments.assign(_accumulate(state.moments.read_value(), moments))
-            sampled = values[key]
-            if self.lens.histogram_samples is not None:
-                sampled = sampled[: self.lens.histogram_samples]
-            state.hist.assign_add(tf.cast(reduce.histogram(sampled), tf.float64))
+            state.hist.assign_add(tf.cast(hist, tf.float64))
             state.samples.assign_add(samples)
 
     def _agree_shift(self, values: dict[str, tf.Tensor]) -> None:
@@ -314,19 +312,3 @@ def _accumulate(total: tf.Tensor, part: tf.Tensor) -> tf.Tensor:
     low = tf.minimum(total[3:4], part[3:4])
     high = tf.maximum(total[4:5], part[4:5])
     return tf.concat([summed[:3], low, high, summed[5:]], 0)
-
-
-def _fused_moments(values: tf.Tensor, bounds: tuple[float, float] | None) -> Callable:
-    """`reduce.moments_around` compiled with XLA, once per (positions, units, bounds) per process.
-
-    XLA compiles again for each new batch size at run time (the last, partial batch),
-    which the distributed input makes dynamic.
-    """
-    key = (tuple(values.shape[1:]), bounds)
-    if key not in _FUSED:
-        _FUSED[key] = tf.function(
-            lambda v, s: reduce.moments_around(v, s, bounds),
-            jit_compile=True,
-            reduce_retracing=True,
-        )
-    return _FUSED[key]

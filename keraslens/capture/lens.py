@@ -234,9 +234,7 @@ class Lens:
         _, bounds = identify(layer)
         if bounds is not None:
             bounds = (bounds[0] + self.epsilon, bounds[1] - self.epsilon)
-        if values.shape.is_fully_defined():
-            return _fused_summary(values, bounds, self.histogram_samples)
-        return reduce.batch_summary(values, bounds, self.histogram_samples, compiled=False)
+        return reduce.batch_summary(values, bounds, self.histogram_samples)
 
     def _forward_activations(self, x: Any) -> dict[str, tf.Tensor]:
         return {key: tensor for key, (_, tensor, _) in self._record(x).items()}
@@ -257,23 +255,6 @@ def _traced(step: Callable, batch: Any) -> Any:
         if isinstance(cause, KeraslensError):
             raise cause from None
         raise
-
-
-_FUSED: dict[tuple, Callable] = {}
-
-
-def _fused_summary(values: tf.Tensor, bounds: tuple[float, float] | None, samples: int | None):
-    """`reduce.batch_summary` compiled with XLA, once per (shape, bounds, samples) for the process.
-
-    Every Lens shares the compiled functions, and since a key is only ever traced
-    once, TensorFlow never sees (and warns about) a function retracing.
-    """
-    key = (tuple(values.shape), bounds, samples)
-    if key not in _FUSED:
-        _FUSED[key] = tf.function(
-            lambda v: reduce.batch_summary(v, bounds, samples, compiled=True), jit_compile=True
-        )
-    return _FUSED[key](values)
 
 
 def _batch_layer_stats(site: CallSite, outputs, samples: int, epsilon: float) -> LayerStats:

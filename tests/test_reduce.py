@@ -1,0 +1,154 @@
+"""The one-pass reduction kernel against NumPy on the same values.
+
+Shapes cross the kernel's float32 blocks (128 positions, or whole samples up to 128
+rows), and planted NaN, Inf and values whose squares overflow float32 send single
+blocks down the masked float64 path, beside clean blocks of the same batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from keraslens.capture import reduce
+from keraslens.capture.stats import HIST_BINS
+
+BOUNDS = (-0.5, 0.5)
+
+
+def numpy_moments(values: np.ndarray, shift: np.ndarray, bounds) -> np.ndarray:
+    """The 11 rows of `reduce.STAT_NAMES`, in float64."""
+    v = values.astype(np.float64)
+    flat = v.reshape(-1, v.shape[-1])
+    finite = np.isfinite(flat)
+    centred = np.where(finite, flat - shift, 0.0)
+    with np.errstate(invalid="ignore"):
+        rows = [
+            finite.sum(0),
+            centred.sum(0),
+            (centred**2).sum(0),
+            np.where(finite, flat, np.inf).min(0, initial=np.inf),
+            np.where(finite, flat, -np.inf).max(0, initial=-np.inf),
+            (flat > 0).sum(0),
+            (v > 0).any(1).sum(0),
+            np.isnan(flat).sum(0),
+            np.isinf(flat).sum(0),
+            (flat <= bounds[0]).sum(0) if bounds else np.zeros(v.shape[-1]),
+            (flat >= bounds[1]).sum(0) if bounds else np.zeros(v.shape[-1]),
+        ]
+    return np.stack(rows).astype(np.float64)
+
+
+def numpy_first_finite(values: np.ndarray) -> np.ndarray:
+    flat = values.reshape(-1, values.shape[-1])
+    finite = np.isfinite(flat)
+    if not flat.size:
+        return np.zeros(values.shape[-1])
+    first = np.argmax(finite, 0)
+    return np.where(finite.any(0), flat[first, np.arange(flat.shape[1])], 0.0)
+
+
+def numpy_hist(values: np.ndarray) -> np.ndarray:
+    bits = values.astype(np.float32).reshape(-1).view(np.int32)
+    magnitude = (bits & 0x7FFFFFFF) >> 21
+    index = np.where(bits < 0, 1023 - magnitude, 1024 + magnitude)[magnitude < 1020]
+    return np.bincount(index, minlength=HIST_BINS)
+
+
+def summarize(values, bounds=BOUNDS, histogram_samples=None, shift=None):
+    start = None if shift is None else tf.constant(shift, tf.float32)
+    summary = reduce.batch_summary(tf.constant(values), bounds, histogram_samples, start)
+    return [t.numpy() for t in summary]
+
+
+def assert_summary(values, bounds=BOUNDS, histogram_samples=None, shift=None):
+    moments, used, hist = summarize(values, bounds, histogram_samples, shift)
+    expected_shift = numpy_first_finite(values) if shift is None else shift
+    np.testing.assert_array_equal(used, np.float32(expected_shift))
+    expected = numpy_moments(values, used, bounds)
+    exact = [0, 3, 4, 5, 6, 7, 8, 9, 10]
+    np.testing.assert_array_equal(moments[exact], expected[exact])
+    # float32 sums over blocks of at most 128 values: each off by < 1e-5 of its magnitude.
+    flat = values.astype(np.float64).reshape(-1, values.shape[-1])
+    centred = np.abs(np.where(np.isfinite(flat), flat - used, 0.0))
+    for row, bound in ((1, centred.sum(0)), (2, (centred**2).sum(0))):
+        error = np.abs(moments[row] - expected[row])
+        assert (error <= 1e-5 * bound).all(), (reduce.STAT_NAMES[row], error, bound)
+    sampled = values if histogram_samples is None else values[:histogram_samples]
+    np.testing.assert_array_equal(hist, numpy_hist(sampled))
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(5, 1, 3), (300, 1, 7), (50, 3, 37), (4, 128, 8), (3, 300, 5), (2, 129, 1), (1, 1, 1)],
+)
+def test_clean_batches_match_numpy(shape):
+    values = np.random.default_rng(0).normal(2.0, 3.0, size=shape).astype(np.float32)
+    assert_summary(values)
+
+
+@pytest.mark.parametrize("shape", [(200, 1, 4), (6, 300, 3), (40, 5, 6)])
+def test_planted_nan_inf_and_overflow_match_numpy(shape):
+    rng = np.random.default_rng(1)
+    values = rng.normal(size=shape).astype(np.float32)
+    flat = values.reshape(-1)
+    spots = rng.choice(flat.size, size=12, replace=False)
+    flat[spots[:3]] = np.nan
+    flat[spots[3:6]] = np.inf
+    flat[spots[6:9]] = -np.inf
+    flat[spots[9:]] = np.float32(3e30)  # its square overflows float32
+    assert_summary(values)
+
+
+def test_a_unit_with_no_finite_value_has_a_zero_shift_and_empty_moments():
+    values = np.random.default_rng(2).normal(size=(4, 10, 3)).astype(np.float32)
+    values[..., 1] = np.nan
+    values[0, 0, 0] = np.inf  # the shift is the first finite value, not the first value
+    moments, used, _ = summarize(values)
+    assert used[1] == 0.0 and used[0] == values[0, 1, 0]
+    assert moments[0, 1] == 0 and moments[3, 1] == np.inf and moments[4, 1] == -np.inf
+    assert_summary(values)
+
+
+def test_given_shift_and_histogram_samples_and_no_bounds():
+    values = np.random.default_rng(3).normal(size=(9, 140, 4)).astype(np.float32)
+    assert_summary(values, bounds=None, histogram_samples=2, shift=np.full(4, 0.25))
+
+
+def test_an_empty_batch_has_zero_counts():
+    moments, used, hist = summarize(np.zeros((0, 6, 3), np.float32))
+    assert moments[0].sum() == 0 and (moments[3] == np.inf).all() and hist.sum() == 0
+    np.testing.assert_array_equal(used, 0.0)
+
+
+def test_batches_without_static_shapes_in_a_graph():
+    values = np.random.default_rng(4).normal(size=(5, 7, 3)).astype(np.float32)
+    values[1, 2, 0] = np.nan
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, 3], tf.float32)])
+    def dynamic(v):
+        return reduce.batch_summary(v, BOUNDS, None)
+
+    moments, used, _ = (t.numpy() for t in dynamic(values))
+    np.testing.assert_allclose(moments, numpy_moments(values, used, BOUNDS), rtol=1e-5)
+
+
+floats = st.floats(
+    width=32, allow_subnormal=False, min_value=-(2.0**80), max_value=2.0**80
+) | st.sampled_from([np.nan, np.inf, -np.inf, 0.0, -0.0])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    hnp.arrays(
+        np.float32,
+        st.tuples(st.integers(0, 6), st.integers(1, 260), st.integers(1, 5)),
+        elements=floats,
+    )
+)
+def test_any_float32_batch_matches_numpy(values):
+    assert_summary(values)
