@@ -5,7 +5,7 @@ trains on 10,000 random samples; the callback analyses a 512-sample probe every
 epoch with dead-neurons, saturation and activation-stats. Keras' own TensorBoard
 callback with `histogram_freq=1` is timed too, for comparison. Every fit starts
 from the same weights; the setups take turns for `--rounds` rounds and each keeps its
-fastest fit; the first round's LensCallback fit, which compiles the capture, is printed
+fastest fit; the first round's LensCallback fit, which traces the capture, is printed
 apart. Both wall-clock and process CPU time (every thread of this process) are
 printed; on a machine shared with other work the CPU time is the fairer ratio, since
 waiting for a core does not count in it.
@@ -130,7 +130,7 @@ def main() -> None:
     # Later fits reuse the capture's XLA compilations (cached per process and layer shape).
     (ours_wall, ours_cpu), (base_wall, base_cpu) = first["LensCallback"], first["no callback"]
     print(
-        f"first fit of the process (LensCallback compiles the capture): "
+        f"first fit of the process (LensCallback traces the capture): "
         f"wall {ours_wall / base_wall - 1:+.1%}, CPU {ours_cpu / base_cpu - 1:+.1%}"
     )
 

@@ -10,8 +10,10 @@ Prints (median of --repeats after a warm-up, runs interleaved):
     reductions read memory, the convolutions mostly compute (GB/s of a compiled sum over
     34 MB, GFLOP/s of a 1024x1024 matmul);
   - peak RSS of a capture for N = 2,000, 10,000 and 40,000 samples, each in its own
-    process (median of --rss-repeats: the heap's fragmentation varies by run), with the data generated batch by batch so it is never all in memory,
-    next to a plain compiled forward pass over the same batches.
+    process (median of --rss-repeats: the heap's fragmentation varies by run), with the
+    data generated batch by batch so it is never all in memory, next to a plain compiled
+    forward pass over the same batches; once with glibc's default malloc settings, once
+    with its mmap threshold fixed (see `peak_rss`).
 
 Usage: python benchmarks/capture.py [--samples 2048] [--repeats 7] [--rss-repeats 3]
 (--rss-repeats 0: the timings only)
@@ -152,12 +154,21 @@ def _high_water_mark_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def peak_rss(n: int, what: str) -> float:
+MALLOC_SETTINGS = {
     # glibc gives each thread an arena and TensorFlow's pool threads free 30 MB
-    # activation buffers in one arena and allocate in another: the heap fragments
-    # with the number of batches whatever the code does. Two arenas keep the figure
-    # about the program's own memory (the same setting for both columns).
-    env = {**os.environ, "MALLOC_ARENA_MAX": "2"}
+    # activation buffers in one arena and allocate in another: two arenas keep the
+    # figures about the program (the same setting for every column).
+    "default": {"MALLOC_ARENA_MAX": "2"},
+    # glibc raises its mmap threshold (up to 32 MB) each time a large mmapped buffer is
+    # freed, so later activation buffers of 8-17 MB come from the heap, which fragments
+    # with the number of batches. A fixed threshold keeps every large buffer mmapped and
+    # returned on free: what is left is the program's own memory.
+    "fixed mmap threshold": {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072"},
+}
+
+
+def peak_rss(n: int, what: str, malloc: str) -> float:
+    env = {**os.environ, **MALLOC_SETTINGS[malloc]}
     out = subprocess.run(
         [sys.executable, __file__, "--rss-child", str(n), "--rss-what", what],
         check=True,
@@ -198,20 +209,24 @@ def main() -> None:
     print(f"machine probes before the runs: read {bandwidth:.1f} GB/s, matmul {flops:.0f} GFLOP/s")
     if args.rss_repeats < 1:
         return
-    print()
-    print(f"{'N':>8}{'capture peak RSS (MB)':>24}{'forward-only peak RSS (MB)':>30}")
     sizes = (2_000, 10_000, 40_000)
-    rss, base = {}, {}
-    for n in sizes:
-        rss[n] = statistics.median(peak_rss(n, "capture") for _ in range(args.rss_repeats))
-        base[n] = statistics.median(peak_rss(n, "forward") for _ in range(args.rss_repeats))
-    for n in sizes:
-        print(f"{n:>8}{rss[n]:>24.0f}{base[n]:>30.0f}")
-    print(
-        f"growth 2k -> 40k: capture {rss[40_000] - rss[2_000]:.0f} MB, "
-        f"forward only {base[40_000] - base[2_000]:.0f} MB (MALLOC_ARENA_MAX=2 in both)"
-    )
-
+    for malloc in MALLOC_SETTINGS:
+        rss = {
+            (n, what): statistics.median(
+                peak_rss(n, what, malloc) for _ in range(args.rss_repeats)
+            )
+            for n in sizes
+            for what in ("capture", "forward")
+        }
+        print(f"\npeak RSS (MB), malloc {malloc}: {MALLOC_SETTINGS[malloc]}")
+        print(f"{'N':>8}{'capture':>12}{'forward only':>16}")
+        for n in sizes:
+            print(f"{n:>8}{rss[n, 'capture']:>12.0f}{rss[n, 'forward']:>16.0f}")
+        growth = {what: rss[40_000, what] - rss[2_000, what] for what in ("capture", "forward")}
+        print(
+            f"growth 2k -> 40k: capture {growth['capture']:.0f} MB, "
+            f"forward only {growth['forward']:.0f} MB"
+        )
 
 if __name__ == "__main__":
     main()
