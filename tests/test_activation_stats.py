@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import keraslens
 
@@ -46,7 +47,9 @@ def _histogram_samples(model: keras.Model, x: np.ndarray) -> np.ndarray:
 
 
 def _outputs(model: keras.Model, name: str, x: np.ndarray) -> np.ndarray:
-    return keras.Model(model.input, model.get_layer(name).output)(x).numpy()
+    """The layer's outputs, compiled as the capture runs them (eager kernels round otherwise)."""
+    probe = keras.Model(model.input, model.get_layer(name).output)
+    return tf.function(probe)(x).numpy()
 
 
 @pytest.fixture(scope="module")
