@@ -169,6 +169,19 @@ def test_nested_model_layers_are_captured_under_their_path(make_nested, rng):
         assert_matches_numpy(stats[name], outputs_of(model.inputs, model.get_layer(name).output, x))
 
 
+def test_an_empty_batch_in_a_dataset_adds_nothing(make_nested, rng):
+    # A fused Conv2D+ReLU fails on zero samples under oneDNN (TensorFlow 2.21).
+    model = make_nested()
+    x = rng.normal(size=(N, 6, 6, 2)).astype(np.float32)
+    empty = tf.data.Dataset.from_tensors(x[:0])
+    data = empty.concatenate(tf.data.Dataset.from_tensor_slices(x).batch(BATCH)).concatenate(empty)
+    stats = Lens(model).capture(data)
+    encoder = model.get_layer("encoder")
+    encoder_input = outputs_of(model.inputs, model.get_layer("pre").output, x)
+    acts = outputs_of(encoder.inputs, encoder.get_layer("conv1").output, encoder_input)
+    assert_matches_numpy(stats["encoder/conv1"], acts)
+
+
 def test_shared_layer_is_captured_at_each_call_site(make_shared, rng):
     model = make_shared()
     x = normal_data(rng, features=4)

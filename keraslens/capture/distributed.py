@@ -172,23 +172,40 @@ class DistributedCapture:
     # Replica functions ------------------------------------------------------------------
 
     def _replica_step(self, batch: Any, agree_shift: bool) -> None:
-        recorded = self.lens._record(to_input_tensors(self.lens.model, batch))
-        values = {key: _by_unit(tensor, site.units) for key, (site, tensor, _) in recorded.items()}
+        values = self._replica_values(to_input_tensors(self.lens.model, batch))
         if agree_shift:
             self._agree_shift(values)
         samples = tf.cast(tf.shape(tf.nest.flatten(batch)[0])[0], tf.float64)
-        for key, (site, _, _) in recorded.items():
-            state = self._state[key]
+        for site in self._sites:
+            state = self._state[site.key]
             bounds = None
             if site.bounds is not None:
                 eps = self.lens.epsilon
                 bounds = (site.bounds[0] + eps, site.bounds[1] - eps)
             moments, _, hist = reduce.batch_summary(
-                values[key], bounds, self.lens.histogram_samples, state.shift.read_value()
+                values[site.key], bounds, self.lens.histogram_samples, state.shift.read_value()
             )
             state.moments.assign(_accumulate(state.moments.read_value(), moments))
             state.hist.assign_add(tf.cast(hist, tf.float64))
             state.samples.assign_add(samples)
+
+    def _replica_values(self, x: Any) -> dict[str, tf.Tensor]:
+        """Each call site's outputs as `(samples, positions, units)`; none for an empty batch.
+
+        A replica gets an empty batch whenever the last global batch has fewer samples than
+        there are replicas. The model is not run on it: oneDNN's fused convolutions
+        (TensorFlow 2.21) fail on a zero-sized batch ("input depth must be evenly divisible
+        by filter depth"), and there is nothing to compute.
+        """
+
+        def run() -> dict[str, tf.Tensor]:
+            recorded = self.lens._record(x)
+            return {key: _by_unit(t, site.units) for key, (site, t, _) in recorded.items()}
+
+        def skip() -> dict[str, tf.Tensor]:
+            return {site.key: tf.zeros([0, 1, site.units]) for site in self._sites}
+
+        return tf.cond(tf.shape(tf.nest.flatten(x)[0])[0] > 0, run, skip)
 
     def _agree_shift(self, values: dict[str, tf.Tensor]) -> None:
         """Set every replica's shift to the mean of the first global batch (0 where empty)."""

@@ -130,8 +130,10 @@ class Lens:
         done = 0
         for batch in batches:
             batch = self._prepare(batch)
-            outputs = _traced(self._stats_step, batch)
             size = int(tf.nest.flatten(batch)[0].shape[0])
+            if size == 0:  # nothing to add, and oneDNN's fused convolutions fail on it
+                continue
+            outputs = _traced(self._stats_step, batch)
             for site in self.sites:
                 part = _batch_layer_stats(site, outputs[site.key], size, self.epsilon)
                 stats[site.key] = stats[site.key].merge(part) if site.key in stats else part
@@ -178,7 +180,7 @@ class Lens:
     def _prepare(self, batch: Any) -> Any:
         check_inputs(self.model, batch)
         batch = to_input_tensors(self.model, batch)
-        if not self.model.built:
+        if not self.model.built and int(tf.nest.flatten(batch)[0].shape[0]) > 0:
             self._run_eagerly_once(tf.nest.map_structure(lambda t: t[:1], batch))
         return batch
 
