@@ -7,6 +7,9 @@ blocks down the masked float64 path, beside clean blocks of the same batch.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -152,3 +155,28 @@ floats = st.floats(
 )
 def test_any_float32_batch_matches_numpy(values):
     assert_summary(values)
+
+
+def test_the_kernel_refuses_buffers_of_the_wrong_size():
+    from keraslens.capture import _kernel
+
+    values = np.zeros((2, 3, 4), np.float32)
+    shift, hist = np.zeros(4, np.float32), np.zeros(HIST_BINS, np.int64)
+    with pytest.raises(ValueError, match="moments holds 8 bytes, expected 352"):
+        _kernel.summarize(values, 2, 3, 4, shift, True, False, 0, 0, 2, np.zeros(1), hist)
+    with pytest.raises(ValueError, match="values holds 96 bytes, expected 192"):
+        _kernel.summarize(values, 4, 3, 4, shift, True, False, 0, 0, 2, np.zeros((11, 4)), hist)
+
+
+def test_an_unbuilt_kernel_names_the_fix():
+    code = (
+        "import sys\n"
+        "sys.modules['keraslens.capture._kernel'] = None\n"
+        "try:\n"
+        "    import keraslens\n"
+        "    keraslens.Lens\n"
+        "except ImportError as error:\n"
+        "    print(error)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
+    assert "not built" in out and "pip install -e ." in out

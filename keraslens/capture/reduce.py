@@ -11,8 +11,15 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from keraslens.capture import _kernel
 from keraslens.capture.stats import HIST_BINS
+
+try:
+    from keraslens.capture import _kernel
+except ImportError as error:  # a source checkout used without installing it
+    raise ImportError(
+        "keraslens' C kernel (keraslens/capture/_kernel.c) is not built: install keraslens "
+        "with pip (`pip install -e .` in a checkout), which compiles it."
+    ) from error
 
 STAT_NAMES = ("n", "s1", "s2", "min", "max", "pos", "sample_pos", "nan", "inf", "lower", "upper")
 
