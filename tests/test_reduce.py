@@ -1,7 +1,7 @@
 """The one-pass reduction kernel against NumPy on the same values.
 
 Shapes cross the kernel's float32 blocks (128 positions, or whole samples up to 128
-rows), and planted NaN, Inf and values whose squares overflow float32 send single
+rows) and its chunks of 16 units (a remainder beside full chunks), and planted NaN, Inf and values whose squares overflow float32 send single
 blocks down the masked float64 path, beside clean blocks of the same batch.
 """
 
@@ -75,26 +75,38 @@ def assert_summary(values, bounds=BOUNDS, histogram_samples=None, shift=None):
     expected = numpy_moments(values, used, bounds)
     exact = [0, 3, 4, 5, 6, 7, 8, 9, 10]
     np.testing.assert_array_equal(moments[exact], expected[exact])
-    # float32 sums over blocks of at most 128 values: each off by < 1e-5 of its magnitude.
+    # float32 sums over blocks of at most 128 values: each off by < 1e-5 of its magnitude,
+    # plus what float32 cannot hold: a square below its smallest normal (1.2e-38) is lost.
     flat = values.astype(np.float64).reshape(-1, values.shape[-1])
     centred = np.abs(np.where(np.isfinite(flat), flat - used, 0.0))
+    tiny = np.finfo(np.float32).tiny * len(flat)
     for row, bound in ((1, centred.sum(0)), (2, (centred**2).sum(0))):
         error = np.abs(moments[row] - expected[row])
-        assert (error <= 1e-5 * bound).all(), (reduce.STAT_NAMES[row], error, bound)
+        assert (error <= 1e-5 * bound + tiny).all(), (reduce.STAT_NAMES[row], error, bound)
     sampled = values if histogram_samples is None else values[:histogram_samples]
     np.testing.assert_array_equal(hist, numpy_hist(sampled))
 
 
 @pytest.mark.parametrize(
     "shape",
-    [(5, 1, 3), (300, 1, 7), (50, 3, 37), (4, 128, 8), (3, 300, 5), (2, 129, 1), (1, 1, 1)],
+    [
+        (5, 1, 3),
+        (300, 1, 7),
+        (50, 3, 37),
+        (4, 128, 8),
+        (3, 300, 5),
+        (2, 129, 1),
+        (1, 1, 1),
+        (130, 1, 48),
+        (3, 200, 33),
+    ],
 )
 def test_clean_batches_match_numpy(shape):
     values = np.random.default_rng(0).normal(2.0, 3.0, size=shape).astype(np.float32)
     assert_summary(values)
 
 
-@pytest.mark.parametrize("shape", [(200, 1, 4), (6, 300, 3), (40, 5, 6)])
+@pytest.mark.parametrize("shape", [(200, 1, 4), (6, 300, 3), (40, 5, 6), (9, 140, 35)])
 def test_planted_nan_inf_and_overflow_match_numpy(shape):
     rng = np.random.default_rng(1)
     values = rng.normal(size=shape).astype(np.float32)
@@ -149,7 +161,7 @@ floats = st.floats(
 @given(
     hnp.arrays(
         np.float32,
-        st.tuples(st.integers(0, 6), st.integers(1, 260), st.integers(1, 5)),
+        st.tuples(st.integers(0, 6), st.integers(1, 260), st.integers(1, 40)),
         elements=floats,
     )
 )

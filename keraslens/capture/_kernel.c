@@ -4,13 +4,14 @@
  * Why C and not TensorFlow or XLA: on a CPU, XLA reduces `x * x` or `x > 0` over the
  * leading axes with a scalar, strided loop (11 ms for the sum of squares of 34 MB,
  * where a plain sum takes 2.5 ms), and TensorFlow writes each elementwise
- * intermediate to fresh memory. This loop keeps the units axis innermost, so the
- * compiler vectorises it, and reads the batch once: about 5x faster than the fused XLA
- * reduction it replaces (docs/capture.md, "Performance").
+ * intermediate to fresh memory. Here a block of rows is reduced 16 units at a time,
+ * their accumulators held in vector registers, so each value is loaded once and costs
+ * a few vector instructions; the pass runs at the speed of memory (docs/capture.md,
+ * "Performance").
  *
  * Values are summed in float32 over blocks of at most BLOCK positions, then in
- * float64. A block whose float32 sums are not finite (it holds NaN or Inf, or its
- * squares overflow float32) is summed again, masked, in float64.
+ * float64. A chunk of a block whose float32 sums are not finite (it holds NaN or Inf,
+ * or its squares overflow float32) is summed again, masked, in float64.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -22,6 +23,18 @@
 #define HIST_BINS 2048
 #define FINITE_MAGNITUDES 1020 /* float32 exponent 255 (inf, NaN) starts here */
 #define BLOCK 128
+/* Bytes ahead of the current row to ask the memory for (a layer's output has mostly left
+ * the caches by the time it is reduced): about 10% faster than the hardware's own guess. */
+#define PREFETCH 1024
+
+/* One copy of the reduction loop per x86-64 vector width (SSE2, AVX2, AVX-512), the
+ * widest the CPU has picked when the module loads: a wheel built on one machine stays
+ * correct on another, and a new one still gets its wide vectors. */
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+#define MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define MULTIVERSION
+#endif
 
 /* Rows of the (11, units) output, in the order of reduce.STAT_NAMES. */
 enum { N, S1, S2, LOW, HIGH, POS, SAMPLE_POS, NANS, INFS, LOWER, UPPER, ROWS };
@@ -34,84 +47,98 @@ typedef struct {
     float lower, upper;
     double *out;  /* ROWS * units */
     float *smax;  /* per unit: the current sample's maximum over non-NaN values */
-    float *f;     /* 8 * units float32 block accumulators */
+    Py_ssize_t hist_limit;         /* the histogram counts samples 0..hist_limit */
+    uint32_t (*keys)[HIST_BINS];  /* four arrays of counts per key (see histogram_add) */
+    Py_ssize_t keyed;              /* values counted in `keys` since they were last added */
+    int64_t *bins;
 } Pass;
 
 static inline const float *at(const Pass *p, Py_ssize_t s, Py_ssize_t pos) {
     return p->x + (s * p->positions + pos) * p->units;
 }
 
-/* One row of float32 values into the block sums; restrict lets the compiler vectorise. */
-static inline __attribute__((always_inline)) void add_row(
-    const float *restrict row, const float *restrict shift, Py_ssize_t units,
-    float *restrict s1f, float *restrict s2f, float *restrict pos, float *restrict low,
-    float *restrict high, float *restrict smax, float *restrict lower, float *restrict upper,
-    float lb, float ub, const int bounded) {
-    for (Py_ssize_t u = 0; u < units; u++) {
-        const float v = row[u], d = v - shift[u];
-        s1f[u] += d;
-        s2f[u] += d * d;
-        pos[u] += v > 0.0f ? 1.0f : 0.0f;
-        low[u] = v < low[u] ? v : low[u];
-        high[u] = v > high[u] ? v : high[u];
-        smax[u] = v > smax[u] ? v : smax[u];
-        if (bounded) {
-            lower[u] += v <= lb ? 1.0f : 0.0f;
-            upper[u] += v >= ub ? 1.0f : 0.0f;
-        }
-    }
-}
+/* Units are reduced CHUNK at a time, each chunk's accumulators held in registers over
+ * every row of a block: the block's values are read once and no accumulator goes back
+ * to memory until the block ends. */
+#define CHUNK 16
 
-/* float32 sums of a block (samples s0..s1, positions p0..p1); 0 if they are not finite. */
-static inline __attribute__((always_inline)) int fast_block(
-    Pass *p, Py_ssize_t s0, Py_ssize_t s1, Py_ssize_t p0, Py_ssize_t p1, const int bounded) {
-    const Py_ssize_t units = p->units;
-    float *s1f = p->f, *s2f = s1f + units, *pos = s2f + units, *low = pos + units,
-          *high = low + units, *spos = high + units, *lower = spos + units,
-          *upper = lower + units, *smax = p->smax;
-    for (Py_ssize_t u = 0; u < units; u++) {
-        s1f[u] = s2f[u] = pos[u] = spos[u] = lower[u] = upper[u] = 0.0f;
-        low[u] = INFINITY;
-        high[u] = -INFINITY;
+/* float32 sums of units u0..u0+w (w <= CHUNK) over a block (samples s0..s1, positions
+ * p0..p1), added to the float64 output; 0, with nothing added, if they are not finite. */
+static inline __attribute__((always_inline)) int fast_chunk(
+    Pass *p, Py_ssize_t s0, Py_ssize_t s1, Py_ssize_t p0, Py_ssize_t p1, Py_ssize_t u0,
+    const Py_ssize_t w, const int bounded, const int single) {
+    float s1f[CHUNK], s2f[CHUNK], pos[CHUNK], low[CHUNK], high[CHUNK], smax[CHUNK],
+        spos[CHUNK], lower[CHUNK], upper[CHUNK], shift[CHUNK];
+    const float lb = p->lower, ub = p->upper;
+    for (Py_ssize_t k = 0; k < w; k++) {
+        s1f[k] = s2f[k] = pos[k] = spos[k] = lower[k] = upper[k] = 0.0f;
+        low[k] = INFINITY;
+        high[k] = -INFINITY;
+        shift[k] = p->shift[u0 + k];
     }
     for (Py_ssize_t s = s0; s < s1; s++) {
-        if (p0 == 0)
-            for (Py_ssize_t u = 0; u < units; u++) smax[u] = -INFINITY;
-        for (Py_ssize_t q = p0; q < p1; q++)
-            add_row(at(p, s, q), p->shift, units, s1f, s2f, pos, low, high, smax, lower, upper,
-                    p->lower, p->upper, bounded);
+        if (!single)
+            for (Py_ssize_t k = 0; k < w; k++) smax[k] = p0 == 0 ? -INFINITY : p->smax[u0 + k];
+        for (Py_ssize_t q = p0; q < p1; q++) {
+            const float *row = at(p, s, q) + u0;
+            __builtin_prefetch((const char *)row + PREFETCH);
+            for (Py_ssize_t k = 0; k < w; k++) {
+                const float v = row[k], d = v - shift[k];
+                s1f[k] += d;
+                s2f[k] += d * d;
+                pos[k] += v > 0.0f ? 1.0f : 0.0f;
+                low[k] = v < low[k] ? v : low[k];
+                high[k] = v > high[k] ? v : high[k];
+                if (!single) smax[k] = v > smax[k] ? v : smax[k];
+                if (bounded) {
+                    lower[k] += v <= lb ? 1.0f : 0.0f;
+                    upper[k] += v >= ub ? 1.0f : 0.0f;
+                }
+            }
+        }
+        /* A failed block leaves smax updated with its own values: the masked pass takes
+         * the maximum of the same values again, which changes nothing. */
+        if (single)
+            continue;
         if (p1 == p->positions)
-            for (Py_ssize_t u = 0; u < units; u++) spos[u] += smax[u] > 0.0f ? 1.0f : 0.0f;
+            for (Py_ssize_t k = 0; k < w; k++) spos[k] += smax[k] > 0.0f ? 1.0f : 0.0f;
+        else
+            for (Py_ssize_t k = 0; k < w; k++) p->smax[u0 + k] = smax[k];
     }
+    if (single) /* one position: a sample fires where its only output does */
+        for (Py_ssize_t k = 0; k < w; k++) spos[k] = pos[k];
     int finite = 1;
-    for (Py_ssize_t u = 0; u < units; u++) finite &= isfinite(s2f[u]) && isfinite(s1f[u]);
+    for (Py_ssize_t k = 0; k < w; k++) finite &= isfinite(s2f[k]) && isfinite(s1f[k]);
     if (!finite) return 0;
-    double *out = p->out;
+    const Py_ssize_t units = p->units;
+    double *out = p->out + u0;
     const double n = (double)((s1 - s0) * (p1 - p0));
-    for (Py_ssize_t u = 0; u < units; u++) {
-        out[N * units + u] += n;
-        out[S1 * units + u] += s1f[u];
-        out[S2 * units + u] += s2f[u];
-        out[POS * units + u] += pos[u];
-        out[SAMPLE_POS * units + u] += spos[u];
-        out[LOWER * units + u] += lower[u];
-        out[UPPER * units + u] += upper[u];
-        if (low[u] < out[LOW * units + u]) out[LOW * units + u] = low[u];
-        if (high[u] > out[HIGH * units + u]) out[HIGH * units + u] = high[u];
+    for (Py_ssize_t k = 0; k < w; k++) {
+        out[N * units + k] += n;
+        out[S1 * units + k] += s1f[k];
+        out[S2 * units + k] += s2f[k];
+        out[POS * units + k] += pos[k];
+        out[SAMPLE_POS * units + k] += spos[k];
+        out[LOWER * units + k] += lower[k];
+        out[UPPER * units + k] += upper[k];
+        if (low[k] < out[LOW * units + k]) out[LOW * units + k] = low[k];
+        if (high[k] > out[HIGH * units + k]) out[HIGH * units + k] = high[k];
     }
     return 1;
 }
 
-/* The same block in float64, counting NaN and Inf apart from the finite values. */
-static void masked_block(Pass *p, Py_ssize_t s0, Py_ssize_t s1, Py_ssize_t p0, Py_ssize_t p1) {
+/* The same block in float64 for units u0..u1, counting NaN and Inf apart from the finite
+ * values. */
+static void masked_chunk(Pass *p, Py_ssize_t s0, Py_ssize_t s1, Py_ssize_t p0, Py_ssize_t p1,
+                         Py_ssize_t u0, Py_ssize_t u1) {
     const Py_ssize_t units = p->units;
     double *out = p->out;
     for (Py_ssize_t s = s0; s < s1; s++) {
         if (p0 == 0)
-            for (Py_ssize_t u = 0; u < units; u++) p->smax[u] = -INFINITY;
+            for (Py_ssize_t u = u0; u < u1; u++) p->smax[u] = -INFINITY;
         for (Py_ssize_t q = p0; q < p1; q++) {
             const float *row = at(p, s, q);
-            for (Py_ssize_t u = 0; u < units; u++) {
+            for (Py_ssize_t u = u0; u < u1; u++) {
                 const float v = row[u];
                 if (isnan(v)) {
                     out[NANS * units + u] += 1;
@@ -136,14 +163,85 @@ static void masked_block(Pass *p, Py_ssize_t s0, Py_ssize_t s1, Py_ssize_t p0, P
             }
         }
         if (p1 == p->positions)
-            for (Py_ssize_t u = 0; u < units; u++) out[SAMPLE_POS * units + u] += p->smax[u] > 0.0f;
+            for (Py_ssize_t u = u0; u < u1; u++) out[SAMPLE_POS * units + u] += p->smax[u] > 0.0f;
     }
 }
 
-static void block(Pass *p, Py_ssize_t s0, Py_ssize_t s1, Py_ssize_t p0, Py_ssize_t p1) {
-    /* Two copies of the fast loop, with and without the bound counts. */
-    const int ok = p->bounded ? fast_block(p, s0, s1, p0, p1, 1) : fast_block(p, s0, s1, p0, p1, 0);
-    if (!ok) masked_block(p, s0, s1, p0, p1);
+/* The counts per key, as buckets, into `bins` (NaN and Inf drop out: counted elsewhere). */
+static void histogram_flush(Pass *p) {
+    for (uint32_t key = 0; key < HIST_BINS; key++) {
+        const uint32_t magnitude = key & 1023;
+        if (magnitude < FINITE_MAGNITUDES)
+            p->bins[(key >> 10) ? 1023 - magnitude : 1024 + magnitude] +=
+                (int64_t)p->keys[0][key] + p->keys[1][key] + p->keys[2][key] + p->keys[3][key];
+    }
+    memset(p->keys, 0, 4 * sizeof p->keys[0]);
+    p->keyed = 0;
+}
+
+/* Counts the values x[0..count) per float32 "key", their top 11 bits (sign and magnitude
+ * bucket), which index the counters with no arithmetic. Four counter arrays in turn: a
+ * run of values in one bucket (a ReLU's zeros) would otherwise wait on each increment of
+ * one counter. */
+static inline void histogram_add(Pass *p, const float *x, Py_ssize_t count) {
+    const uint32_t *bits = (const uint32_t *)x;
+    const Py_ssize_t part = (Py_ssize_t)1 << 30; /* the uint32 counters cannot overflow */
+    for (Py_ssize_t start = 0; start < count; start += part) {
+        const Py_ssize_t end = count - start > part ? start + part : count;
+        if (p->keyed + (end - start) > part) histogram_flush(p);
+        Py_ssize_t i = start;
+        for (; i + 4 <= end; i += 4) {
+            p->keys[0][bits[i] >> 21]++;
+            p->keys[1][bits[i + 1] >> 21]++;
+            p->keys[2][bits[i + 2] >> 21]++;
+            p->keys[3][bits[i + 3] >> 21]++;
+        }
+        for (; i < end; i++) p->keys[0][bits[i] >> 21]++;
+        p->keyed += end - start;
+    }
+}
+
+/* One block, chunk by chunk. The full chunks get a compile-time width, so the compiler
+ * unrolls and vectorises them. */
+static inline __attribute__((always_inline)) void chunks(
+    Pass *p, Py_ssize_t s0, Py_ssize_t s1, Py_ssize_t p0, Py_ssize_t p1, const int bounded,
+    const int single) {
+    const Py_ssize_t units = p->units, full = units - units % CHUNK;
+    for (Py_ssize_t u0 = 0; u0 < full; u0 += CHUNK)
+        if (!fast_chunk(p, s0, s1, p0, p1, u0, CHUNK, bounded, single))
+            masked_chunk(p, s0, s1, p0, p1, u0, u0 + CHUNK);
+    if (full < units && !fast_chunk(p, s0, s1, p0, p1, full, units - full, bounded, single))
+        masked_chunk(p, s0, s1, p0, p1, full, units);
+}
+
+/* One copy of the loop per combination of the flags it tests for every value. */
+static inline __attribute__((always_inline)) void block(
+    Pass *p, Py_ssize_t s0, Py_ssize_t s1, Py_ssize_t p0, Py_ssize_t p1) {
+    const int single = p->positions == 1;
+    if (p->bounded)
+        single ? chunks(p, s0, s1, p0, p1, 1, 1) : chunks(p, s0, s1, p0, p1, 1, 0);
+    else
+        single ? chunks(p, s0, s1, p0, p1, 0, 1) : chunks(p, s0, s1, p0, p1, 0, 0);
+    /* The block's histogram while its values are still in the cache. Its values lie
+     * together in memory: part of one sample, or whole samples. */
+    const Py_ssize_t last = s1 < p->hist_limit ? s1 : p->hist_limit;
+    if (s0 < last) {
+        const float *end = last == s1 ? at(p, s1 - 1, p1) : at(p, last, 0);
+        histogram_add(p, at(p, s0, p0), end - at(p, s0, p0));
+    }
+}
+
+MULTIVERSION static void blocks(Pass *p) {
+    const Py_ssize_t samples = p->samples, positions = p->positions;
+    if (positions >= BLOCK) {
+        for (Py_ssize_t s = 0; s < samples; s++)
+            for (Py_ssize_t q = 0; q < positions; q += BLOCK)
+                block(p, s, s + 1, q, q + BLOCK < positions ? q + BLOCK : positions);
+    } else if (positions > 0) {
+        const Py_ssize_t group = BLOCK / positions;
+        for (Py_ssize_t s = 0; s < samples; s += group)
+            block(p, s, s + group < samples ? s + group : samples, 0, positions);
+    }
 }
 
 /* Per unit, its first finite value in the batch (0 where it has none). */
@@ -161,38 +259,27 @@ static void first_finite(const float *x, Py_ssize_t rows, Py_ssize_t units, floa
             }
 }
 
-static void histogram(const float *x, Py_ssize_t count, int64_t *bins) {
-    memset(bins, 0, HIST_BINS * sizeof(int64_t));
-    for (Py_ssize_t i = 0; i < count; i++) {
-        uint32_t bits;
-        memcpy(&bits, x + i, sizeof bits);
-        const uint32_t magnitude = (bits & 0x7FFFFFFFu) >> 21;
-        if (magnitude >= FINITE_MAGNITUDES) continue; /* inf and NaN: counted elsewhere */
-        bins[(bits >> 31) ? 1023 - magnitude : 1024 + magnitude]++;
-    }
-}
-
-static int run(Pass *p, int find_shift, float *shift, Py_ssize_t hist_samples, int64_t *bins) {
+static int run(Pass *p, int find_shift, float *shift) {
     const Py_ssize_t units = p->units, samples = p->samples, positions = p->positions;
-    p->smax = malloc((size_t)units * 9 * sizeof(float) + (size_t)units);
-    if (p->smax == NULL) return -1;
-    p->f = p->smax + units;
-    if (find_shift) first_finite(p->x, samples * positions, units, shift, (char *)(p->f + 8 * units));
+    p->smax = malloc((size_t)units * sizeof(float) + (size_t)units);
+    p->keys = calloc(4, sizeof p->keys[0]);
+    if (p->smax == NULL || p->keys == NULL) {
+        free(p->smax);
+        free(p->keys);
+        return -1;
+    }
+    if (find_shift)
+        first_finite(p->x, samples * positions, units, shift, (char *)(p->smax + units));
     p->shift = shift;
     for (Py_ssize_t r = 0; r < ROWS; r++)
         for (Py_ssize_t u = 0; u < units; u++)
             p->out[r * units + u] = r == LOW ? INFINITY : r == HIGH ? -INFINITY : 0.0;
-    if (positions >= BLOCK) {
-        for (Py_ssize_t s = 0; s < samples; s++)
-            for (Py_ssize_t q = 0; q < positions; q += BLOCK)
-                block(p, s, s + 1, q, q + BLOCK < positions ? q + BLOCK : positions);
-    } else if (positions > 0) {
-        const Py_ssize_t group = BLOCK / positions;
-        for (Py_ssize_t s = 0; s < samples; s += group)
-            block(p, s, s + group < samples ? s + group : samples, 0, positions);
-    }
-    histogram(p->x, (hist_samples < samples ? hist_samples : samples) * positions * units, bins);
+    memset(p->bins, 0, HIST_BINS * sizeof(int64_t));
+    p->keyed = 0;
+    blocks(p);
+    histogram_flush(p);
     free(p->smax);
+    free(p->keys);
     return 0;
 }
 
@@ -236,8 +323,10 @@ static PyObject *summarize(PyObject *Py_UNUSED(self), PyObject *args) {
     p.x = values.buf;
     p.bounded = bounded;
     p.out = moments.buf;
+    p.bins = hist.buf;
+    p.hist_limit = hist_samples < p.samples ? hist_samples : p.samples;
     Py_BEGIN_ALLOW_THREADS
-    status = run(&p, find_shift, shift.buf, hist_samples, hist.buf);
+    status = run(&p, find_shift, shift.buf);
     Py_END_ALLOW_THREADS
     if (status != 0) {
         PyErr_NoMemory();
