@@ -7,8 +7,11 @@ blocks down the masked float64 path, beside clean blocks of the same batch.
 
 from __future__ import annotations
 
+import platform
 import subprocess
 import sys
+import sysconfig
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -192,3 +195,35 @@ def test_an_unbuilt_kernel_names_the_fix():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
     assert "not built" in out and "pip install -e ." in out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="x86-64 vector widths")
+@pytest.mark.parametrize("flags", [["-U__linux__"], ["-U__linux__", "-mavx2"]], ids=["sse2", "avx2"])
+def test_each_vector_width_of_the_kernel_matches_numpy(tmp_path, flags):
+    # The installed kernel runs the copy for this CPU's widest vectors only; without
+    # __linux__ there is one copy, for the width the flags allow (SSE2 is x86-64's base).
+    source = Path(reduce.__file__).with_name("_kernel.c")
+    library = tmp_path / f"_kernel{sysconfig.get_config_var('EXT_SUFFIX')}"
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    include = sysconfig.get_paths()["include"]
+    build = [compiler, "-O3", "-shared", "-fPIC", *flags, f"-I{include}", str(source)]
+    subprocess.run([*build, "-o", str(library)], check=True)
+    code = f"""
+import importlib.util, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+spec = importlib.util.spec_from_file_location("_kernel", {str(library)!r})
+kernel = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(kernel)
+from keraslens.capture import reduce
+reduce._kernel = kernel
+import test_reduce
+for shape in [(130, 1, 48), (3, 200, 33), (50, 3, 37)]:
+    test_reduce.test_clean_batches_match_numpy(shape)
+for shape in [(40, 5, 6), (9, 140, 35)]:
+    test_reduce.test_planted_nan_inf_and_overflow_match_numpy(shape)
+test_reduce.test_given_shift_and_histogram_samples_and_no_bounds()
+print("ok")
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.stdout.strip().endswith("ok"), run.stderr[-3000:]
