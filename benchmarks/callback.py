@@ -127,7 +127,7 @@ def main() -> None:
     overhead = cpu["LensCallback"] / cpu["no callback"] - 1
     verdict = "met" if overhead <= 0.10 else "NOT met"
     print(f"LensCallback overhead (CPU time) {overhead:+.1%}, goal <= 10%: {verdict}")
-    # Later fits reuse the capture's XLA compilations (cached per process and layer shape).
+    # Later fits reuse the capture's traced steps (cached per process and batch shape).
     (ours_wall, ours_cpu), (base_wall, base_cpu) = first["LensCallback"], first["no callback"]
     print(
         f"first fit of the process (LensCallback traces the capture): "

@@ -124,7 +124,7 @@ def compare(n: int, repeats: int) -> dict[str, list[float]]:
         "capture": lambda: lens.capture(data),
         "naive": lambda: naive_stats(model, data),
     }
-    for fn in runs.values():  # warm-up: traces and XLA compiles
+    for fn in runs.values():  # warm-up: traces
         fn()
     times = {name: [] for name in runs}
     for _ in range(repeats):
