@@ -182,6 +182,21 @@ def test_an_empty_batch_in_a_dataset_adds_nothing(make_nested, rng):
     assert_matches_numpy(stats["encoder/conv1"], acts)
 
 
+class _NoUnits(keras.layers.Layer):
+    def call(self, x):
+        return x[:, :0]
+
+
+def test_a_layer_with_zero_units_is_left_out(rng):
+    inputs = keras.Input((4,))
+    dense = keras.layers.Dense(3, name="dense")(inputs)
+    model = keras.Model(inputs, [_NoUnits(name="empty")(inputs), dense])
+    x = normal_data(rng, features=4)
+    stats = Lens(model).capture(x, batch_size=BATCH)
+    assert list(stats) == ["dense"]
+    assert_matches_numpy(stats["dense"], outputs_of(model.inputs, dense, x))
+
+
 def test_shared_layer_is_captured_at_each_call_site(make_shared, rng):
     model = make_shared()
     x = normal_data(rng, features=4)

@@ -24,6 +24,11 @@ def first_float_tensor(outputs):
     return None
 
 
+def has_units(tensor: tf.Tensor | None) -> bool:
+    """Whether a recorded output can be captured: rank >= 2, with units on its last axis."""
+    return tensor is not None and tensor.shape.rank >= 2 and tensor.shape[-1] != 0
+
+
 Summarize = Callable[[keras.layers.Layer, tf.Tensor], Any]
 
 
@@ -34,7 +39,7 @@ def record_calls(
     """Within the block, every call of one of `layers` appends its output to the record.
 
     Yields a dict from `id(layer)` to a list with one `(output, summary)` per call
-    site. With `summarize`, each output of rank >= 2 is summarised in the graph as
+    site. With `summarize`, each output that `has_units` is summarised in the graph as
     soon as the layer returns, and each recorded output waits for the summary of
     the call before it, so at most one summary runs behind the forward pass. Left
     free, TensorFlow's executor ordered summaries and layers differently from
@@ -77,7 +82,7 @@ def _recording(
             # per step): the tensor cannot leave it; its layer's own output covers it.
             tensor = None
         summary = None
-        if summarize is not None and tensor is not None and tensor.shape.rank >= 2:
+        if summarize is not None and has_units(tensor):
             summary = summarize(layer, tensor)
             if previous:
                 outputs = _after(tf.nest.flatten(previous[-1]), outputs)

@@ -13,7 +13,7 @@ import tensorflow as tf
 from keraslens.capture import distributed, reduce
 from keraslens.capture.activations import identify
 from keraslens.capture.data import check_inputs, iterate_batches, to_input_tensors
-from keraslens.capture.intercept import Summarize, record_calls
+from keraslens.capture.intercept import Summarize, has_units, record_calls
 from keraslens.capture.stats import LayerStats
 from keraslens.capture.traversal import LayerSelector, select
 from keraslens.errors import KeraslensError
@@ -203,7 +203,7 @@ class Lens:
             self.model(x, training=False)
         sites: dict[str, tuple[CallSite, tf.Tensor, Any]] = {}
         for path, layer in self.layers:
-            calls = [(t, s) for t, s in record[id(layer)] if t is not None and t.shape.rank >= 2]
+            calls = [(t, s) for t, s in record[id(layer)] if has_units(t)]
             for index, (tensor, summary) in enumerate(calls):
                 key = path if len(calls) == 1 else f"{path}@{index}"
                 activation, bounds = identify(layer)
