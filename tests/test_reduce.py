@@ -227,3 +227,15 @@ print("ok")
 """
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.stdout.strip().endswith("ok"), run.stderr[-3000:]
+
+
+def test_a_first_value_far_from_the_rest_keeps_the_variance_exact():
+    # The batch's shift is each unit's first value; the float32 sums must not be taken
+    # around it all along, or the squares of 1000 - x swamp the spread of x.
+    values = np.random.default_rng(5).normal(size=(64, 1024, 3)).astype(np.float32)
+    values[0, 0] = 1000.0
+    moments, used, _ = summarize(values)
+    n, s1, s2 = moments[0], moments[1], moments[2]
+    assert (used == 1000.0).all()
+    expected = values.astype(np.float64).reshape(-1, 3).var(0) * n
+    np.testing.assert_allclose(s2 - s1 * s1 / n, expected, rtol=1e-6)

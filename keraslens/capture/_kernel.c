@@ -70,11 +70,30 @@ static inline __attribute__((always_inline)) int fast_chunk(
     float s1f[CHUNK], s2f[CHUNK], pos[CHUNK], low[CHUNK], high[CHUNK], smax[CHUNK],
         spos[CHUNK], lower[CHUNK], upper[CHUNK], shift[CHUNK];
     const float lb = p->lower, ub = p->upper;
+    const Py_ssize_t units = p->units;
+    double *out = p->out + u0;
+    /* The block's values are summed around the mean so far, or, in a unit's first block,
+     * around the block's own float32 mean (one more read, from the cache): so a first
+     * value far from the rest does not bring back the cancellation the shift avoids. */
+    int first = 0;
+    for (Py_ssize_t k = 0; k < w; k++) first |= out[N * units + k] == 0;
+    if (first) {
+        for (Py_ssize_t k = 0; k < w; k++) shift[k] = 0.0f;
+        for (Py_ssize_t s = s0; s < s1; s++)
+            for (Py_ssize_t q = p0; q < p1; q++) {
+                const float *row = at(p, s, q) + u0;
+                for (Py_ssize_t k = 0; k < w; k++) shift[k] += row[k];
+            }
+    }
+    const float rows = (float)((s1 - s0) * (p1 - p0));
     for (Py_ssize_t k = 0; k < w; k++) {
         s1f[k] = s2f[k] = pos[k] = spos[k] = lower[k] = upper[k] = 0.0f;
         low[k] = INFINITY;
         high[k] = -INFINITY;
-        shift[k] = p->shift[u0 + k];
+        const double n = out[N * units + k];
+        const float mean = n > 0 ? (float)(p->shift[u0 + k] + out[S1 * units + k] / n)
+                                 : shift[k] / rows;
+        shift[k] = isfinite(mean) ? mean : p->shift[u0 + k];
     }
     for (Py_ssize_t s = s0; s < s1; s++) {
         if (!single)
@@ -110,13 +129,13 @@ static inline __attribute__((always_inline)) int fast_chunk(
     int finite = 1;
     for (Py_ssize_t k = 0; k < w; k++) finite &= isfinite(s2f[k]) && isfinite(s1f[k]);
     if (!finite) return 0;
-    const Py_ssize_t units = p->units;
-    double *out = p->out + u0;
     const double n = (double)((s1 - s0) * (p1 - p0));
     for (Py_ssize_t k = 0; k < w; k++) {
+        /* The block's sums, taken around shift[k], moved to the batch's shift in float64. */
+        const double moved = (double)shift[k] - (double)p->shift[u0 + k];
         out[N * units + k] += n;
-        out[S1 * units + k] += s1f[k];
-        out[S2 * units + k] += s2f[k];
+        out[S1 * units + k] += s1f[k] + n * moved;
+        out[S2 * units + k] += s2f[k] + 2.0 * moved * s1f[k] + n * moved * moved;
         out[POS * units + k] += pos[k];
         out[SAMPLE_POS * units + k] += spos[k];
         out[LOWER * units + k] += lower[k];
