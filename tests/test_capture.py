@@ -686,8 +686,9 @@ def test_layer_calls_are_restored_when_the_forward_pass_raises(rng):
     x = keras.Input((6,))
     model = keras.Model(x, Exploding(name="exploding")(keras.layers.Dense(4, name="dense")(x)))
     model.get_layer("exploding").armed = True
-    with pytest.raises(RuntimeError, match="boom"):
+    with pytest.raises(KeraslensError, match="could not run on inputs .*: boom") as raised:
         Lens(model).capture(normal_data(rng), batch_size=BATCH)
+    assert isinstance(raised.value.__cause__, RuntimeError)
     assert [layer.name for layer in model.layers if "call" in vars(layer)] == []
 
 
@@ -713,3 +714,73 @@ def test_to_dict_is_json_with_non_finite_values_as_null(rng):
     np.testing.assert_allclose(as_json["mean"][:3], numpy_stats(x[:, :3])["mean"], rtol=1e-5)
 
 
+
+
+# ---------------------------------------------------------------- inputs as Keras takes them
+
+
+def test_dict_inputs_keyed_by_the_models_keys_or_by_input_names(rng):
+    wide, narrow = keras.Input((4,), name="x_wide"), keras.Input((3,), name="x_narrow")
+    joined = keras.layers.Concatenate()([wide, narrow])
+    dense = keras.layers.Dense(5, name="dense")(joined)
+    model = keras.Model({"wide": wide, "narrow": narrow}, dense)
+    arrays = {"wide": normal_data(rng, features=4), "narrow": normal_data(rng, features=3)}
+    expected = keras.ops.convert_to_numpy(tf.function(model)(arrays))
+    by_names = {"x_wide": arrays["wide"], "x_narrow": arrays["narrow"]}
+    for data in (arrays, by_names):
+        assert_matches_numpy(Lens(model, "dense").capture(data, batch_size=BATCH)["dense"], expected)
+
+
+def test_a_one_input_model_takes_a_one_array_dict_under_any_key(make_sequential, rng):
+    model = make_sequential()
+    x = normal_data(rng)
+    stats = Lens(model).capture({"features": x}, batch_size=BATCH)
+    assert_sequential_matches_numpy(stats, model, x)
+
+
+@pytest.mark.parametrize(
+    ("layer", "x", "reason"),
+    [
+        (
+            lambda: keras.layers.Conv2D(4, 5),
+            np.ones((6, 2, 2, 3), np.float32),
+            "Negative dimension size",
+        ),
+        (
+            lambda: keras.layers.Embedding(10, 3),
+            np.full((6, 5), 50, np.int32),
+            r"indices\[0,0\] = 50 is not in \[0, 10\)",
+        ),
+    ],
+    ids=["conv-on-too-small-images", "token-id-beyond-the-vocabulary"],
+)
+def test_a_built_model_that_cannot_run_on_the_data_names_the_reason(layer, x, reason):
+    shape = (None,) * (x.ndim - 2) + (3,) if x.ndim == 4 else (5,)
+    inputs = keras.Input(shape, dtype=x.dtype)
+    model = keras.Model(inputs, layer()(inputs), name="tiny")
+    with pytest.raises(KeraslensError, match=f"Model 'tiny' could not run on inputs .*: {reason}"):
+        Lens(model).capture(x, batch_size=4)
+
+
+class _Opaque(keras.layers.Layer):
+    """Doubles its input through NumPy: TensorFlow knows neither its rank nor its units."""
+
+    def call(self, x):
+        return tf.numpy_function(lambda a: a * 2, [x], tf.float32)
+
+    def compute_output_shape(self, shape):
+        return shape
+
+
+def test_an_output_of_unknown_shape_is_left_out(rng):
+    inputs = keras.Input((4,))
+    dense = keras.layers.Dense(3, name="dense")(inputs)
+    model = keras.Model(inputs, _Opaque(name="opaque")(dense))
+    stats = Lens(model).capture(normal_data(rng, features=4), batch_size=BATCH)
+    assert list(stats) == ["dense"]
+
+
+def test_dates_are_refused_with_the_fix(make_sequential):
+    dates = np.arange(12).reshape(2, 6).astype("datetime64[s]")
+    with pytest.raises(KeraslensError, match=r"dtype datetime64\[s\].*np.asarray"):
+        Lens(make_sequential()).capture(dates)

@@ -104,22 +104,40 @@ def without_autotune(dataset: tf.data.Dataset) -> tf.data.Dataset:
     return dataset.with_options(options)
 
 
+def arrange_inputs(model: keras.Model, batch: Any) -> Any:
+    """`batch` keyed as `model` is called: a dict keyed by input names is re-keyed to the
+    keys of a model built on a dict of inputs, and a one-array dict for a one-input model
+    is that array (Keras itself would look its input's name up in it)."""
+    keys = _input_keys(model)
+    if keys is None or not isinstance(batch, Mapping):
+        return batch
+    if len(keys) == 1 and len(batch) == 1 and keys[0] not in batch:
+        return next(iter(batch.values()))
+    names = {getattr(t, "name", None): key for key, t in zip(keys, model.inputs, strict=True)}
+    if all(key in batch for key in keys) or not all(name in batch for name in names):
+        return batch
+    return {names[name]: value for name, value in batch.items() if name in names}
+
+
 def check_inputs(model: keras.Model, batch: Any) -> None:
     """Raise a clear error when a batch does not fit the model's declared inputs."""
     declared = _declared_inputs(model)
     given = tf.nest.flatten(batch)
     for tensor in given:
-        dtype = tf.as_dtype(tensor.dtype)
-        if not (dtype.is_floating or dtype.is_integer or dtype.is_bool):
+        try:
+            dtype = tf.as_dtype(tensor.dtype)
+        except TypeError:  # datetime64 and other types TensorFlow has no match for
+            dtype = None
+        if dtype is None or not (dtype.is_floating or dtype.is_integer or dtype.is_bool):
             raise KeraslensError(
-                f"Input data has dtype {dtype.name}; the model needs numbers (float32)."
+                f"Input data has dtype {getattr(tensor.dtype, 'name', tensor.dtype)}; the model "
+                "needs numbers: convert it, e.g. with np.asarray(x, dtype=np.float32)."
             )
     if declared is None:
         return
     if isinstance(batch, Mapping):
         missing = [name for name, _ in declared if name not in batch]
-        # A one-input model takes a one-array dict under any key, as Keras does.
-        if missing and len(declared) > 1:
+        if missing:
             raise KeraslensError(
                 f"The input dict has no key {missing[0]!r}: model {model.name!r} names its "
                 f"inputs {[name for name, _ in declared]}, the dict has {sorted(batch)}. "
@@ -183,25 +201,38 @@ def _symbolic_inputs(model: keras.Model) -> list | None:
     return inputs or None
 
 
-def _declared_dtypes(model: keras.Model) -> dict[str, tf.DType] | None:
+def _input_keys(model: keras.Model) -> list[str] | None:
+    """How a dict of data is keyed for each of `model.inputs`: by the keys of the dict the
+    model was built on (Keras's `_inputs_struct`), else by the inputs' names."""
     inputs = _symbolic_inputs(model)
     if inputs is None:
         return None
-    return {getattr(t, "name", f"input_{i}"): tf.as_dtype(t.dtype) for i, t in enumerate(inputs)}
+    struct = getattr(model, "_inputs_struct", None)
+    if isinstance(struct, Mapping) and len(struct) == len(inputs):
+        key_of = {id(tensor): key for key, tensor in struct.items()}
+        if all(id(t) in key_of for t in inputs):
+            return [key_of[id(t)] for t in inputs]
+    return [getattr(t, "name", f"input_{i}") for i, t in enumerate(inputs)]
+
+
+def _declared_dtypes(model: keras.Model) -> dict[str, tf.DType] | None:
+    keys = _input_keys(model)
+    if keys is None:
+        return None
+    return {key: tf.as_dtype(t.dtype) for key, t in zip(keys, model.inputs, strict=True)}
 
 
 def _declared_inputs(model: keras.Model) -> list[tuple[str, tuple]] | None:
-    inputs = _symbolic_inputs(model)
-    if inputs is None:
+    keys = _input_keys(model)
+    if keys is None:
         return None
-    return [(getattr(t, "name", "input"), tuple(t.shape)) for t in inputs]
+    return [(key, tuple(t.shape)) for key, t in zip(keys, model.inputs, strict=True)]
 
 
 def _ordered(model: keras.Model, batch: Any) -> list[Any]:
-    if isinstance(batch, Mapping):
-        names = [getattr(t, "name", None) for t in model.inputs]
-        if all(name in batch for name in names):
-            return [batch[name] for name in names]
+    keys = _input_keys(model)
+    if isinstance(batch, Mapping) and keys is not None and all(key in batch for key in keys):
+        return [batch[key] for key in keys]
     return tf.nest.flatten(batch)
 
 

@@ -22,7 +22,14 @@ import numpy as np
 import tensorflow as tf
 
 from keraslens.capture import reduce
-from keraslens.capture.data import _arrays, _length, _x_of, to_input_tensors, without_autotune
+from keraslens.capture.data import (
+    _arrays,
+    _length,
+    _x_of,
+    arrange_inputs,
+    to_input_tensors,
+    without_autotune,
+)
 from keraslens.capture.stats import HIST_BINS, LayerStats
 from keraslens.errors import KeraslensError
 
@@ -172,7 +179,8 @@ class DistributedCapture:
     # Replica functions ------------------------------------------------------------------
 
     def _replica_step(self, batch: Any, agree_shift: bool) -> None:
-        values = self._replica_values(to_input_tensors(self.lens.model, batch))
+        model = self.lens.model
+        values = self._replica_values(to_input_tensors(model, arrange_inputs(model, batch)))
         if agree_shift:
             self._agree_shift(values)
         samples = tf.cast(tf.shape(tf.nest.flatten(batch)[0])[0], tf.float64)

@@ -25,8 +25,11 @@ def first_float_tensor(outputs):
 
 
 def has_units(tensor: tf.Tensor | None) -> bool:
-    """Whether a recorded output can be captured: rank >= 2, with units on its last axis."""
-    return tensor is not None and tensor.shape.rank >= 2 and tensor.shape[-1] != 0
+    """Whether a recorded output can be captured: rank >= 2, with a known, non-zero number
+    of units on its last axis."""
+    if tensor is None or tensor.shape.rank is None or tensor.shape.rank < 2:
+        return False
+    return tensor.shape[-1] is not None and tensor.shape[-1] > 0
 
 
 Summarize = Callable[[keras.layers.Layer, tf.Tensor], Any]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +14,12 @@ import tensorflow as tf
 
 from keraslens.capture import distributed, reduce
 from keraslens.capture.activations import identify
-from keraslens.capture.data import check_inputs, iterate_batches, to_input_tensors
+from keraslens.capture.data import (
+    arrange_inputs,
+    check_inputs,
+    iterate_batches,
+    to_input_tensors,
+)
 from keraslens.capture.intercept import Summarize, has_units, record_calls
 from keraslens.capture.stats import LayerStats
 from keraslens.capture.traversal import LayerSelector, select
@@ -133,7 +140,8 @@ class Lens:
             size = int(tf.nest.flatten(batch)[0].shape[0])
             if size == 0:  # nothing to add, and oneDNN's fused convolutions fail on it
                 continue
-            outputs = _traced(self._stats_step, batch)
+            with _running(self.model, batch):
+                outputs = _traced(self._stats_step, batch)
             for site in self.sites:
                 part = _batch_layer_stats(site, outputs[site.key], size, self.epsilon)
                 stats[site.key] = stats[site.key].merge(part) if site.key in stats else part
@@ -157,7 +165,9 @@ class Lens:
         batch = next(iter(iterate_batches(x, 1 << 30, self._input_rank())[0]), None)
         if batch is None or int(tf.nest.flatten(batch)[0].shape[0]) == 0:
             raise KeraslensError("The data is empty: there are no samples to record.")
-        recorded = _traced(self._activations_step, self._prepare(batch))
+        batch = self._prepare(batch)
+        with _running(self.model, batch):
+            recorded = _traced(self._activations_step, batch)
         return {key: value.numpy() for key, value in recorded.items()}
 
     def _input_rank(self) -> int | None:
@@ -178,6 +188,7 @@ class Lens:
         return None
 
     def _prepare(self, batch: Any) -> Any:
+        batch = arrange_inputs(self.model, batch)
         check_inputs(self.model, batch)
         batch = to_input_tensors(self.model, batch)
         if not self.model.built and int(tf.nest.flatten(batch)[0].shape[0]) > 0:
@@ -185,21 +196,15 @@ class Lens:
         return batch
 
     def _run_eagerly_once(self, batch: Any) -> None:
-        try:
+        with _running(self.model, batch):
             self.model(batch, training=False)
-        except Exception as error:  # Keras raises many types for a bad input; name it once.
-            shapes = [tuple(t.shape) for t in tf.nest.flatten(batch)]
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-            raise KeraslensError(
-                f"Model {self.model.name!r} could not run on inputs of shape {shapes}: {first_line}"
-            ) from error
 
     def _record(
         self, x: Any, summarize: Summarize | None = None
     ) -> dict[str, tuple[CallSite, tf.Tensor, Any]]:
         """Run the model on `x`, recording each call site's output and its summary."""
         layers = [layer for _, layer in self.layers]
-        with record_calls(layers, summarize) as record:
+        with record_calls(layers, summarize) as record, _running(self.model, x):
             self.model(x, training=False)
         sites: dict[str, tuple[CallSite, tf.Tensor, Any]] = {}
         for path, layer in self.layers:
@@ -242,6 +247,43 @@ class Lens:
         return {key: tensor for key, (_, tensor, _) in self._record(x).items()}
 
 
+@contextlib.contextmanager
+def _running(model: keras.Model, x: Any) -> Iterator[None]:
+    """Within the block, an error of `model` on `x` becomes a `KeraslensError` naming both."""
+    try:
+        yield
+    except KeraslensError:
+        raise
+    except Exception as error:  # Keras and TensorFlow raise many types for a bad input.
+        shapes = [tuple(t.shape) for t in tf.nest.flatten(x)]
+        raise KeraslensError(
+            f"Model {model.name!r} could not run on inputs of shape {shapes}: {_reason(error)}"
+        ) from error
+
+
+_NOISE = (
+    "File ",
+    "[[",
+    "Graph execution error",
+    "Detected at node",
+    "Stack trace",
+    "Exception encountered when calling",
+    "in user code",
+)
+
+
+def _reason(error: Exception) -> str:
+    """The line of a Keras or TensorFlow error message that says what went wrong.
+
+    Keras adds the call's arguments after it, TensorFlow the Python frames and graph
+    nodes around it; both colour their text for terminals.
+    """
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).split("Arguments received")[0]
+    lines = [line.strip() for line in text.splitlines()]
+    useful = [line for line in lines if line and not line.startswith(_NOISE)]
+    return useful[-1][:400] if useful else type(error).__name__
+
+
 def _traced(step: Callable, batch: Any) -> Any:
     """`step(batch)`, re-raising a `KeraslensError` from its trace as itself.
 
@@ -255,7 +297,7 @@ def _traced(step: Callable, batch: Any) -> Any:
     except Exception as error:
         cause = error.__cause__ or error.__context__
         if isinstance(cause, KeraslensError):
-            raise cause from None
+            raise cause from cause.__cause__
         raise
 
 
