@@ -8,9 +8,11 @@ with `allow_pickle=False`, so a data file can never run code either.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import re
 import sys
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keraslens.capture.data import _input_keys, arrange_inputs
 from keraslens.errors import KeraslensError
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -69,8 +72,15 @@ def load_model(path: str | os.PathLike, unsafe: bool = False) -> keras.Model:
             f"Cannot load model {str(target)!r}: expected a .keras file, a .h5 file or a "
             "SavedModel directory."
         )
+    if target.suffix.lower() == ".keras":
+        _check_keras_archive(target)
     try:
         return keras.saving.load_model(target, compile=False, safe_mode=not unsafe)
+    except json.JSONDecodeError as error:
+        raise KeraslensError(
+            f"Cannot load model {str(target)!r}: its config.json is not valid JSON ({error}). "
+            "Re-save the model with model.save('model.keras')."
+        ) from None
     except ValueError as error:
         if "safe_mode" in str(error):
             raise KeraslensError(
@@ -81,6 +91,41 @@ def load_model(path: str | os.PathLike, unsafe: bool = False) -> keras.Model:
         raise KeraslensError(f"Cannot load model {str(target)!r}: {error}") from None
     except OSError as error:
         raise KeraslensError(f"Cannot load model {str(target)!r}: {error}") from None
+    except TypeError as error:
+        raise KeraslensError(_rebuild_failure(target, error)) from None
+
+
+def _check_keras_archive(path: Path) -> None:
+    """Refuse a `.keras` file that is not a Keras archive, before Keras reads it (its own
+    message for a corrupt or empty file is "File not found")."""
+    problem = None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if "config.json" not in archive.namelist():
+                problem = "it is a zip archive without config.json, so not a saved Keras model"
+    except zipfile.BadZipFile:
+        problem = (
+            "it is empty" if path.stat().st_size == 0 else "it is not a zip archive (corrupt?)"
+        )
+    if problem is not None:
+        raise KeraslensError(
+            f"Cannot load model {str(path)!r}: {problem}. Pass a file written by "
+            "model.save('model.keras')."
+        )
+
+
+def _rebuild_failure(path: Path, error: TypeError) -> str:
+    """One line for a model Keras could not rebuild from its config."""
+    missing = re.search(r"Could not locate (?:class|function) '([^']+)'", str(error))
+    if missing is None:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        return f"Cannot load model {str(path)!r}: Keras could not rebuild it: {reason}"
+    return (
+        f"Cannot load model {str(path)!r}: it is built from {missing[1]!r}, which Keras does "
+        "not know. For a custom class, import the module that defines it (registered with "
+        "@keras.saving.register_keras_serializable) and call keraslens from Python; or save "
+        "a functional model."
+    )
 
 
 def _load_saved_model(directory: Path) -> keras.Model:
@@ -142,7 +187,7 @@ def load_data(
     elif path.suffix.lower() == ".npy":
         loaded = LoadedData(_read_npy(path), None, path.name)
     elif is_npz:
-        loaded = _from_npz(path, data_key, None if labels_file else labels)
+        loaded = _from_npz(path, data_key, None if labels_file else labels, model)
     else:
         raise KeraslensError(
             f"Cannot read data {spec!r}: expected .npy, .npz, a folder of images or "
@@ -164,7 +209,9 @@ def _read_npy(path: Path) -> np.ndarray:
         ) from None
 
 
-def _from_npz(path: Path, data_key: str | None, labels_key: str | None) -> LoadedData:
+def _from_npz(
+    path: Path, data_key: str | None, labels_key: str | None, model: keras.Model | None = None
+) -> LoadedData:
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
@@ -180,6 +227,9 @@ def _from_npz(path: Path, data_key: str | None, labels_key: str | None) -> Loade
                 f"{', '.join(sorted(arrays))}."
             )
         labels = arrays.pop(labels_key)
+    keys = _input_keys(model) if model is not None else None
+    if data_key is None and keys is not None and len(keys) > 1:
+        return _one_array_per_input(path, arrays, labels, model, keys)
     if data_key is None:
         if len(arrays) != 1:
             raise KeraslensError(
@@ -192,6 +242,18 @@ def _from_npz(path: Path, data_key: str | None, labels_key: str | None) -> Loade
             f"{str(path)!r} has no array {data_key!r}; it holds: {', '.join(sorted(arrays))}."
         )
     return LoadedData(arrays[data_key], labels, f"{path.name}[{data_key}]")
+
+
+def _one_array_per_input(
+    path: Path, arrays: dict, labels: np.ndarray | None, model: keras.Model, keys: list[str]
+) -> LoadedData:
+    """The arrays of a `.npz` named by a multi-input model's inputs, as a dict of inputs;
+    `check_inputs` names any input the file lacks."""
+    for names in (keys, [t.name for t in model.inputs]):
+        if all(name in arrays for name in names):
+            chosen = {name: arrays[name] for name in names}
+            return LoadedData(chosen, labels, f"{path.name}[{', '.join(names)}]")
+    return LoadedData(arrays, labels, path.name)
 
 
 def _read_labels(path: Path) -> np.ndarray:
@@ -252,15 +314,19 @@ def check_inputs(model: keras.Model, inputs: Any, source: str = "the data") -> N
     if isinstance(inputs, (tf.data.Dataset, keras.utils.PyDataset)):
         return
     expected = [tuple(t.shape) for t in model.inputs]
-    given = inputs if isinstance(inputs, (list, tuple, Mapping)) else [inputs]
-    arrays = list(given.values()) if isinstance(given, Mapping) else list(given)
+    arrays = _in_input_order(model, inputs, source)
     if len(arrays) != len(expected):
         raise KeraslensError(
             f"{source} gives {len(arrays)} input arrays; the model takes {len(expected)}."
         )
     for array, shape in zip(arrays, expected, strict=True):
         actual = np.shape(array)
-        if len(actual) == 0 or actual[0] == 0:
+        if len(actual) == 0:
+            raise KeraslensError(
+                f"The data in {source!r} is a scalar: it has no sample axis. Pass an array "
+                "whose first axis is the samples, shape (samples, ...)."
+            )
+        if actual[0] == 0:
             raise KeraslensError(f"The data in {source!r} is empty: there are no samples.")
         fits = len(actual) == len(shape) and all(
             want is None or want == got for want, got in zip(shape[1:], actual[1:], strict=True)
@@ -270,6 +336,23 @@ def check_inputs(model: keras.Model, inputs: Any, source: str = "the data") -> N
                 f"The data in {source!r} has shape {_shape(actual)}; the model expects "
                 f"{_shape(shape)} (None: any size, first axis: samples)."
             )
+
+
+def _in_input_order(model: keras.Model, inputs: Any, source: str) -> list:
+    """The input arrays in the order of `model.inputs`; a dict is matched by key (the
+    model's input names, or the keys of the dict it was built on), never by position."""
+    given = arrange_inputs(model, inputs)
+    if not isinstance(given, Mapping):
+        return list(given) if isinstance(given, (list, tuple)) else [given]
+    keys = _input_keys(model) or list(given)
+    missing = [key for key in keys if key not in given]
+    extra = [key for key in given if key not in keys]
+    if missing or extra:
+        raise KeraslensError(
+            f"{source} has arrays {sorted(given)}; model {model.name!r} takes inputs "
+            f"{keys}. Key one array by each input name."
+        )
+    return [given[key] for key in keys]
 
 
 def _single_input_shape(model: keras.Model) -> tuple:

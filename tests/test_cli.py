@@ -253,3 +253,17 @@ def test_quiet_prints_nothing_on_success(files, fakes, tmp_path):
         "report", files / "tiny.keras", "--data", files / "x.npy", "-q", "-o", tmp_path / "r.html"
     )
     assert out.exit_code == 0 and out.output == ""
+
+
+def test_multi_input_model_reads_one_npz_array_per_input(fakes, tmp_path):
+    a, b = keras.Input((4,), name="a"), keras.Input((3,), name="b")
+    joined = keras.layers.Concatenate()([a, b])
+    hidden = keras.layers.Dense(5, activation="relu", name="hidden")(joined)
+    keras.Model([a, b], hidden, name="two").save(tmp_path / "two.keras")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", b=rng.normal(size=(9, 3)), a=rng.normal(size=(9, 4)))
+    out = invoke(
+        "report", tmp_path / "two.keras", "--data", tmp_path / "d.npz", "-o", tmp_path / "r.html"
+    )
+    assert out.exit_code == 0, out.output
+    assert "d.npz[a, b]" in (tmp_path / "r.html").read_text()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zipfile
+
 import keras
 import numpy as np
 import pytest
@@ -112,3 +114,97 @@ def test_wrong_shape_names_the_expected_shape(tmp_path, model):
 def test_unwritable_target_is_reported_before_work(tmp_path):
     with pytest.raises(KeraslensError, match="is a folder"):
         io.check_writable(tmp_path)
+
+
+def two_input_model(built_on_dict: bool = False) -> keras.Model:
+    """Inputs 'a' (4 features) and 'b' (3 features); keyed 'left'/'right' when built on a dict."""
+    a, b = keras.Input((4,), name="a"), keras.Input((3,), name="b")
+    joined = keras.layers.Concatenate()([a, b])
+    inputs = {"left": a, "right": b} if built_on_dict else [a, b]
+    return keras.Model(inputs, keras.layers.Dense(2)(joined), name="two")
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"", "it is empty"),
+        (b"hello", "it is not a zip archive"),
+        (b"PK\x03\x04garbage" * 10, "it is not a zip archive"),
+    ],
+)
+def test_keras_file_that_is_not_an_archive_says_so(tmp_path, content, problem):
+    (tmp_path / "m.keras").write_bytes(content)
+    with pytest.raises(KeraslensError, match=f"'.*m.keras': {problem}.*model.save"):
+        io.load_model(tmp_path / "m.keras")
+
+
+def write_archive(path, **members):
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, text in members.items():
+            archive.writestr(name.replace("_", "."), text)
+
+
+def test_zip_without_config_json_is_not_a_keras_model(tmp_path):
+    write_archive(tmp_path / "m.keras", foo_txt="x")
+    with pytest.raises(KeraslensError, match="zip archive without config.json"):
+        io.load_model(tmp_path / "m.keras")
+
+
+def test_unknown_class_in_config_names_the_class(tmp_path):
+    write_archive(tmp_path / "m.keras", config_json='{"class_name": "Nope", "config": {}}')
+    with pytest.raises(KeraslensError, match="built from 'Nope', which Keras does not know"):
+        io.load_model(tmp_path / "m.keras")
+
+
+def test_config_that_is_not_json_says_so(tmp_path):
+    write_archive(tmp_path / "m.keras", config_json="{not json", metadata_json="{}")
+    with pytest.raises(KeraslensError, match="its config.json is not valid JSON"):
+        io.load_model(tmp_path / "m.keras")
+
+
+def test_subclassed_model_whose_class_is_not_imported_names_the_class(tmp_path):
+    @keras.saving.register_keras_serializable(package="keraslens_test")
+    class Unimported(keras.Model):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.dense = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.dense(x)
+
+    model = Unimported()
+    model(tiny_data())
+    model.save(tmp_path / "sub.keras")
+    del keras.saving.get_custom_objects()["keraslens_test>Unimported"]
+    with pytest.raises(KeraslensError, match="built from 'Unimported'.*import the module"):
+        io.load_model(tmp_path / "sub.keras")
+
+
+@pytest.mark.parametrize(
+    ("built_on_dict", "keys"), [(False, ("b", "a")), (True, ("right", "left"))]
+)
+def test_npz_with_one_array_per_input_feeds_a_multi_input_model(tmp_path, built_on_dict, keys):
+    arrays = {keys[0]: np.zeros((5, 3), "float32"), keys[1]: np.ones((5, 4), "float32")}
+    np.savez(tmp_path / "d.npz", **arrays)
+    loaded = io.load_data(str(tmp_path / "d.npz"), two_input_model(built_on_dict))
+    assert {key: value.shape for key, value in loaded.inputs.items()} == {
+        keys[0]: (5, 3),
+        keys[1]: (5, 4),
+    }
+
+
+def test_npz_without_an_array_for_an_input_names_the_inputs(tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.ones((5, 4), "float32"), y=np.zeros((5, 3), "float32"))
+    with pytest.raises(KeraslensError, match=r"arrays \['x', 'y'\]; model 'two' takes inputs"):
+        io.load_data(str(tmp_path / "d.npz"), two_input_model())
+
+
+def test_dict_of_inputs_is_matched_by_name_not_position():
+    reversed_order = {"b": np.zeros((5, 3), "float32"), "a": np.ones((5, 4), "float32")}
+    io.check_inputs(two_input_model(), reversed_order)
+
+
+def test_scalar_npy_has_no_sample_axis(tmp_path, model):
+    np.save(tmp_path / "s.npy", np.float32(3.0))
+    with pytest.raises(KeraslensError, match="is a scalar: it has no sample axis"):
+        io.load_data(str(tmp_path / "s.npy"), model)
