@@ -12,6 +12,7 @@ import json
 import sys
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -24,6 +25,8 @@ from keraslens.result import AnalysisResult
 from keraslens.runner import analyze
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+# NumPy's and TensorFlow's seeds are unsigned 32-bit integers.
+SEED = click.IntRange(0, 2**32 - 1)
 
 
 class Console:
@@ -128,7 +131,7 @@ def analysis_options(command: Callable) -> Callable:
             help="Analyse a random subset of N samples (stated in the report).",
         ),
         click.option("--batch-size", type=click.IntRange(min=1), help="Samples per step [256]."),
-        click.option("--seed", type=int, help="Seed for sampling and plugins [0]."),
+        click.option("--seed", type=SEED, help="Seed for sampling and plugins [0]."),
         click.option(
             "--minimal", is_flag=True, default=None, help="Skip the expensive plugins and figures."
         ),
@@ -189,7 +192,7 @@ def cli() -> None:
 @verbosity
 def report(console: Console, output: str, json_path: str | None, **kwargs: Any) -> None:
     """Analyse MODEL on DATA and write a self-contained HTML report."""
-    result = _run(console, [output, json_path], **kwargs)
+    result = _run(console, {"-o/--output": output, "--json": json_path}, **kwargs)
     _write(console, result, output, json_path)
 
 
@@ -230,7 +233,7 @@ def check(
     rules = [gate.Rule.parse(text) for text in fail_on]
     accepted = gate.read_baseline(baseline) if baseline else None
     gate.check_rules(rules, accepted)
-    result = _run(console, [output, json_path], **kwargs)
+    result = _run(console, {"-o/--output": output, "--json": json_path}, **kwargs)
     twin = result.to_dict()
     violations = gate.evaluate(rules, twin, accepted)
     code = gate.exit_code(twin, violations, fail_on_warning)
@@ -271,7 +274,7 @@ def plugins(console: Console) -> None:
     help="Where to write the HTML report.",
 )
 @click.option("--json", "json_path", type=click.Path(), help="Also write the JSON twin here.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of data and training.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of data and training.")
 @click.option(
     "--epochs", default=4, show_default=True, type=click.IntRange(min=1), help="Training epochs."
 )
@@ -283,9 +286,7 @@ def demo(
     """Train a small CNN on scikit-learn's digits and write its report (no download)."""
     from keraslens import demo as demo_module
 
-    for path in (output, json_path):
-        if path:
-            io.check_writable(path)
+    _check_outputs({"-o/--output": output, "--json": json_path}, {})
     console.say(f"Training a small CNN on scikit-learn's digits ({epochs} epochs) ...")
     result = demo_module.run(
         seed=seed,
@@ -299,7 +300,7 @@ def demo(
 
 def _run(
     console: Console,
-    outputs: list[str | None],
+    outputs: dict[str, str | None],
     model_path: str,
     data_spec: str,
     data_key: str | None,
@@ -311,9 +312,10 @@ def _run(
     **flags: Any,
 ) -> AnalysisResult:
     """Check every output path and setting, load model and data, and analyse."""
-    for path in outputs:
-        if path:
-            io.check_writable(path)
+    _check_outputs(
+        outputs,
+        {"MODEL": model_path, "--data": data_spec, "--labels": labels, "--config": config_path},
+    )
     # A multi-worker strategy must exist before TensorFlow runs anything.
     distribution = strategy_named(strategy)
     settings = config.settings(
@@ -341,6 +343,30 @@ def _run(
             progress=console.capture_progress,
             plugin_progress=console.plugin_progress,
         )
+
+
+def _check_outputs(outputs: dict[str, str | None], inputs: dict[str, str | None]) -> None:
+    """Refuse, before any work, an output path (option -> path, None when not given) that
+    is empty, not writable, given to two options, or one of the `inputs` files."""
+    written: dict[Path, str] = {}
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        if not path:
+            raise KeraslensError(f"{option} is empty: name the file to write.")
+        io.check_writable(path)
+        target = Path(path).resolve()
+        if target in written:
+            raise KeraslensError(
+                f"{written[target]} and {option} both name {path!r}: give each its own file."
+            )
+        written[target] = option
+        for source, given in inputs.items():
+            if given and Path(given).resolve() == target:
+                raise KeraslensError(
+                    f"{option} {path!r} is the {source} file: writing it would overwrite "
+                    "the input. Choose another output path."
+                )
 
 
 def _write(console: Console, result: AnalysisResult, output: str | None, json_path: str | None):

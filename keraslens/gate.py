@@ -30,7 +30,7 @@ _OPERATORS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": opera
 _RULE_RE = re.compile(
     r"^\s*(?P<plugin>[a-z][a-z0-9-]*)\.(?P<key>[A-Za-z_]\w*)\s*(?P<op>>=|<=|>|<)\s*"
     r"(?:(?P<sign>[+-])(?P<delta>\d+(?:\.\d*)?(?:e[+-]?\d+)?)"
-    r"|\(?(?P<limit>-?\d+(?:\.\d*)?(?:e[+-]?\d+)?)\)?)\s*$",
+    r"|(?P<open>\()?(?P<limit>-?\d+(?:\.\d*)?(?:e[+-]?\d+)?)(?(open)\)))\s*$",
     re.IGNORECASE,
 )
 
@@ -93,13 +93,32 @@ def read_baseline(path: str | os.PathLike) -> dict[str, Any]:
         baseline = json.loads(target.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise KeraslensError(f"Baseline {str(target)!r} does not exist.") from None
+    except IsADirectoryError:
+        raise KeraslensError(f"Baseline {str(target)!r} is a folder: name a JSON file.") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise KeraslensError(f"Baseline {str(target)!r} is not JSON: {error}.") from None
-    if not isinstance(baseline, dict) or not isinstance(baseline.get("plugins"), dict):
+    malformed = _malformed_part(baseline)
+    if malformed is not None:
         raise KeraslensError(
-            f"Baseline {str(target)!r} is not a keraslens JSON report (written by --json)."
+            f"Baseline {str(target)!r} is not a keraslens JSON report (written by --json): "
+            f"{malformed}."
         )
     return baseline
+
+
+def _malformed_part(baseline: Any) -> str | None:
+    """What keeps `baseline` from being read as a JSON twin, or None when it can be."""
+    if not isinstance(baseline, dict) or not isinstance(baseline.get("plugins"), dict):
+        return "it has no 'plugins' object"
+    for name, entry in baseline["plugins"].items():
+        if not isinstance(entry, dict):
+            return f"plugins[{name!r}] is {type(entry).__name__}, not an object"
+        layers = entry.get("layers")
+        if layers is not None and not (
+            isinstance(layers, dict) and all(isinstance(v, dict) for v in layers.values())
+        ):
+            return f"plugins[{name!r}]['layers'] is not an object of per-layer objects"
+    return None
 
 
 def check_rules(rules: list[Rule], baseline: Mapping[str, Any] | None) -> None:

@@ -138,3 +138,83 @@ def test_demo_refuses_an_unwritable_output_before_training(tmp_path):
     out = CliRunner().invoke(cli, ["demo", "-o", str(tmp_path / "absent" / "demo.html")])
     assert out.exit_code == 2 and "does not exist" in error_line(out)
     assert "Training" not in out.output and list(tmp_path.iterdir()) == []
+
+
+def test_garbage_model_file_says_it_is_not_an_archive(files, tmp_path):
+    garbage = tmp_path.parent / f"{tmp_path.name}-garbage.keras"
+    garbage.write_text("hello")
+    out = run_report(files, tmp_path, model=garbage)
+    assert out.exit_code == 2
+    assert "garbage.keras': it is not a zip archive" in error_line(out)
+
+
+def test_malformed_baseline_is_refused_before_the_analysis(files, tmp_path):
+    baseline = tmp_path.parent / f"{tmp_path.name}-baseline.json"
+    baseline.write_text('{"plugins": {"fake-dead": 5}}')
+    out = run_check(files, tmp_path, "--baseline", baseline)
+    assert out.exit_code == 2
+    assert "plugins['fake-dead'] is int, not an object" in error_line(out)
+
+
+def test_unbalanced_parenthesis_in_a_rule_is_malformed(files, tmp_path):
+    out = run_check(files, tmp_path, "--fail-on", "fake-dead.dead_fraction>(-5")
+    assert out.exit_code == 2 and "is not a rule like" in error_line(out)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_seed_outside_32_bits_is_refused_by_click(files, tmp_path, seed):
+    out = run_report(files, tmp_path, "--seed", seed)
+    assert out.exit_code == 2
+    assert "Invalid value for '--seed'" in out.output and "0<=x<=4294967295" in out.output
+
+
+def test_output_equal_to_json_is_refused(files, tmp_path):
+    same = tmp_path / "r.html"
+    out = CliRunner().invoke(
+        cli,
+        [
+            "report",
+            str(files / "tiny.keras"),
+            "--data",
+            str(files / "x.npy"),
+            "-o",
+            str(same),
+            "--json",
+            str(same),
+        ],
+    )
+    assert out.exit_code == 2 and "-o/--output and --json both name" in error_line(out)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_output_equal_to_the_data_file_is_refused(files, tmp_path):
+    data = tmp_path / "x.npy"
+    np.save(data, tiny_data())
+    out = CliRunner().invoke(
+        cli, ["report", str(files / "tiny.keras"), "--data", str(data), "-o", str(data)]
+    )
+    assert out.exit_code == 2 and "is the --data file" in error_line(out)
+    np.testing.assert_array_equal(np.load(data), tiny_data())
+
+
+def test_empty_output_is_refused(files, tmp_path):
+    out = run_report(files, tmp_path, "-o", "")
+    assert out.exit_code == 2 and "-o/--output is empty" in error_line(out)
+
+
+def run_check(files, tmp_path, *args):
+    out = CliRunner().invoke(
+        cli,
+        [
+            "check",
+            str(files / "tiny.keras"),
+            "--data",
+            str(files / "x.npy"),
+            "-o",
+            str(tmp_path / "r.html"),
+            *map(str, args),
+        ],
+    )
+    assert list(tmp_path.iterdir()) == [], "a failed run must not leave an output file"
+    assert "Traceback" not in out.output and "PASS" not in out.output
+    return out
