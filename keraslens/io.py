@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keraslens.capture.data import _input_keys, arrange_inputs
+from keraslens.capture.data import arrange_inputs, input_keys
 from keraslens.errors import KeraslensError
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
@@ -227,7 +227,7 @@ def _from_npz(
                 f"{', '.join(sorted(arrays))}."
             )
         labels = arrays.pop(labels_key)
-    keys = _input_keys(model) if model is not None else None
+    keys = input_keys(model) if model is not None else None
     if data_key is None and keys is not None and len(keys) > 1:
         return _one_array_per_input(path, arrays, labels, model, keys)
     if data_key is None:
@@ -344,7 +344,7 @@ def _in_input_order(model: keras.Model, inputs: Any, source: str) -> list:
     given = arrange_inputs(model, inputs)
     if not isinstance(given, Mapping):
         return list(given) if isinstance(given, (list, tuple)) else [given]
-    keys = _input_keys(model) or list(given)
+    keys = input_keys(model) or list(given)
     missing = [key for key in keys if key not in given]
     extra = [key for key in given if key not in keys]
     if missing or extra:

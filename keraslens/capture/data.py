@@ -108,7 +108,7 @@ def arrange_inputs(model: keras.Model, batch: Any) -> Any:
     """`batch` keyed as `model` is called: a dict keyed by input names is re-keyed to the
     keys of a model built on a dict of inputs, and a one-array dict for a one-input model
     is that array (Keras itself would look its input's name up in it)."""
-    keys = _input_keys(model)
+    keys = input_keys(model)
     if keys is None or not isinstance(batch, Mapping):
         return batch
     if len(keys) == 1 and len(batch) == 1 and keys[0] not in batch:
@@ -201,7 +201,7 @@ def _symbolic_inputs(model: keras.Model) -> list | None:
     return inputs or None
 
 
-def _input_keys(model: keras.Model) -> list[str] | None:
+def input_keys(model: keras.Model) -> list[str] | None:
     """How a dict of data is keyed for each of `model.inputs`: by the keys of the dict the
     model was built on (Keras's `_inputs_struct`), else by the inputs' names."""
     inputs = _symbolic_inputs(model)
@@ -216,21 +216,21 @@ def _input_keys(model: keras.Model) -> list[str] | None:
 
 
 def _declared_dtypes(model: keras.Model) -> dict[str, tf.DType] | None:
-    keys = _input_keys(model)
+    keys = input_keys(model)
     if keys is None:
         return None
     return {key: tf.as_dtype(t.dtype) for key, t in zip(keys, model.inputs, strict=True)}
 
 
 def _declared_inputs(model: keras.Model) -> list[tuple[str, tuple]] | None:
-    keys = _input_keys(model)
+    keys = input_keys(model)
     if keys is None:
         return None
     return [(key, tuple(t.shape)) for key, t in zip(keys, model.inputs, strict=True)]
 
 
 def _ordered(model: keras.Model, batch: Any) -> list[Any]:
-    keys = _input_keys(model)
+    keys = input_keys(model)
     if isinstance(batch, Mapping) and keys is not None and all(key in batch for key in keys):
         return [batch[key] for key in keys]
     return tf.nest.flatten(batch)
