@@ -170,19 +170,7 @@ def test_seed_outside_32_bits_is_refused_by_click(files, tmp_path, seed):
 
 def test_output_equal_to_json_is_refused(files, tmp_path):
     same = tmp_path / "r.html"
-    out = CliRunner().invoke(
-        cli,
-        [
-            "report",
-            str(files / "tiny.keras"),
-            "--data",
-            str(files / "x.npy"),
-            "-o",
-            str(same),
-            "--json",
-            str(same),
-        ],
-    )
+    out = run_report(files, tmp_path, "-o", same, "--json", same)  # the later options win
     assert out.exit_code == 2 and "-o/--output and --json both name" in error_line(out)
     assert list(tmp_path.iterdir()) == []
 
