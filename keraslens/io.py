@@ -59,7 +59,9 @@ def load_model(path: str | os.PathLike, unsafe: bool = False) -> keras.Model:
     Example:
 
     ```python
-    model = keraslens.io.load_model("model.keras")
+    from keraslens.io import load_model
+
+    model = load_model("model.keras")
     ```
     """
     target = Path(path)
