@@ -239,3 +239,33 @@ def test_a_first_value_far_from_the_rest_keeps_the_variance_exact():
     assert (used == 1000.0).all()
     expected = values.astype(np.float64).reshape(-1, 3).var(0) * n
     np.testing.assert_allclose(s2 - s1 * s1 / n, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("threads", "shape", "histogram_samples"),
+    [(2, (9, 300, 200), 7), (3, (41, 140, 150), None), (5, (6, 1, 250_000), 4)],
+)
+def test_a_batch_split_over_threads_matches_numpy(monkeypatch, threads, shape, histogram_samples):
+    # Each part holds at least 2**18 values (the kernel's PART_VALUES), so these shapes
+    # split into `threads` parts of whole samples (the last case: one sample each, its
+    # histogram ending inside a later part); NaN, Inf and overflow land in several parts.
+    monkeypatch.setattr(reduce, "reduction_threads", lambda: threads)
+    rng = np.random.default_rng(6)
+    values = rng.normal(1.0, 2.0, size=shape).astype(np.float32)
+    flat = values.reshape(-1)
+    spots = rng.choice(flat.size, size=40, replace=False)
+    flat[spots[:10]], flat[spots[10:20]], flat[spots[20:30]] = np.nan, np.inf, -np.inf
+    flat[spots[30:]] = np.float32(3e30)
+    assert_summary(values, histogram_samples=histogram_samples)
+
+
+def test_reduction_threads_follow_tensorflow_and_the_cores(monkeypatch):
+    threading = tf.config.threading
+    monkeypatch.setattr(threading, "get_intra_op_parallelism_threads", lambda: 1)
+    assert reduce.reduction_threads() == 1
+    monkeypatch.setattr(threading, "get_intra_op_parallelism_threads", lambda: 0)
+    monkeypatch.setattr(reduce.os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert reduce.reduction_threads() == reduce.MAX_THREADS
+    monkeypatch.setattr(reduce.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert reduce.reduction_threads() == 1
+

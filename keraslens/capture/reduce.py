@@ -8,6 +8,8 @@ runs, so the reductions of one layer overlap the forward pass of the next.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import tensorflow as tf
 
@@ -20,6 +22,10 @@ except ImportError as error:  # a source checkout used without installing it
         "keraslens' C kernel (keraslens/capture/_kernel.c) is not built: install keraslens "
         "with pip (`pip install -e .` in a checkout), which compiles it."
     ) from error
+
+# Beyond a few threads the memory bus, not the cores, bounds the pass, and each part
+# must be worth a thread's start.
+MAX_THREADS = 4
 
 STAT_NAMES = ("n", "s1", "s2", "min", "max", "pos", "sample_pos", "nan", "inf", "lower", "upper")
 
@@ -45,6 +51,7 @@ def batch_summary(
     given = shift is not None
     lower, upper = bounds if bounds is not None else (0.0, 0.0)
     hist_samples = -1 if histogram_samples is None else histogram_samples
+    threads = reduction_threads()
 
     def run(batch: np.ndarray, start: np.ndarray):
         batch = np.ascontiguousarray(batch, np.float32)
@@ -54,7 +61,9 @@ def batch_summary(
         hist = np.empty(HIST_BINS, np.int64)
         limit = samples if hist_samples < 0 else hist_samples
         flags = (not given, bounds is not None, lower, upper, limit)
-        _kernel.summarize(batch, samples, positions, units, around, *flags, moments, hist)
+        _kernel.summarize(
+            batch, samples, positions, units, around, *flags, moments, hist, threads
+        )
         return moments, around.astype(np.float64), hist
 
     start = shift if given else tf.zeros([units], tf.float32)
@@ -65,3 +74,12 @@ def batch_summary(
     used.set_shape([units])
     hist.set_shape([HIST_BINS])
     return moments, used, hist
+
+
+def reduction_threads() -> int:
+    """Threads per reduction: TensorFlow's intra-op setting, else the usable cores, at
+    most `MAX_THREADS`."""
+    configured = tf.config.threading.get_intra_op_parallelism_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(MAX_THREADS, configured or cores or 1))
+
