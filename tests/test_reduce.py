@@ -269,3 +269,32 @@ def test_reduction_threads_follow_tensorflow_and_the_cores(monkeypatch):
     monkeypatch.setattr(reduce.os, "sched_getaffinity", lambda pid: {0}, raising=False)
     assert reduce.reduction_threads() == 1
 
+
+def numpy_sums(values: np.ndarray, shift: np.ndarray) -> reduce.Sums:
+    moments = numpy_moments(values, shift, BOUNDS)
+    return reduce.Sums(moments, shift.astype(np.float64), numpy_hist(values))
+
+
+def test_sums_of_parts_with_their_own_shifts_add_up_to_the_whole():
+    # Three batches far apart (a drifting input) with shifts of their own, one of them
+    # empty: added, they must give NumPy's mean and variance of everything at once.
+    rng = np.random.default_rng(7)
+    parts = [
+        rng.normal(0.0, 1.0, size=(50, 4, 3)),
+        np.zeros((0, 4, 3)),
+        rng.normal(1e4, 1e-2, size=(30, 4, 3)),
+        rng.normal(-5.0, 3.0, size=(20, 4, 3)),
+    ]
+    parts = [p.astype(np.float32) for p in parts]
+    shifts = [np.array([0.5, -2.0, 3.0]), np.zeros(3), np.full(3, 1e4 + 0.03), np.zeros(3)]
+    total = numpy_sums(parts[0], shifts[0])
+    for part, shift in zip(parts[1:], shifts[1:], strict=True):
+        total = total.add(numpy_sums(part, shift))
+    every = np.concatenate(parts).astype(np.float64).reshape(-1, 3)
+    n, s1, s2 = total.moments[:3]
+    np.testing.assert_array_equal(n, len(every))
+    np.testing.assert_allclose(total.shift + s1 / n, every.mean(0), rtol=1e-13)
+    np.testing.assert_allclose((s2 - s1 * s1 / n) / n, every.var(0), rtol=1e-10)
+    np.testing.assert_array_equal(total.moments[3], every.min(0))
+    np.testing.assert_array_equal(total.moments[4], every.max(0))
+    np.testing.assert_array_equal(total.hist, numpy_hist(np.concatenate(parts)))

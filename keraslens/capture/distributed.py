@@ -33,7 +33,6 @@ from keraslens.capture.data import (
 from keraslens.capture.stats import HIST_BINS, LayerStats
 from keraslens.errors import KeraslensError
 
-_SUMMED_ROWS = (0, 1, 2, 5, 6, 7, 8, 9, 10)  # rows of `reduce.STAT_NAMES` merged by a sum
 _CAPTURE_STRATEGY: list[tf.distribute.Strategy] = []
 
 
@@ -237,7 +236,7 @@ class DistributedCapture:
         sums, extremes, shifts = [], [], []
         for state in self._state.values():
             moments = state.moments.read_value()
-            sums += [tf.reshape(tf.gather(moments, _SUMMED_ROWS), [-1]), state.hist.read_value()]
+            sums += [tf.reshape(tf.gather(moments, reduce.SUMMED_ROWS), [-1]), state.hist.read_value()]
             sums.append(state.samples.read_value()[None])
             extremes += [-moments[3], moments[4]]
             shifts.append(state.shift.read_value())
@@ -253,7 +252,7 @@ class DistributedCapture:
 
     def _merge(self) -> dict[str, LayerStats]:
         """All-reduce the sums, gather the extremes, and turn them into `LayerStats`."""
-        from keraslens.capture.lens import _batch_layer_stats
+        from keraslens.capture.lens import _layer_stats
 
         sums, extremes, shifts = self._partials()
         local_sums = self.strategy.experimental_local_results(sums)[0]
@@ -271,11 +270,11 @@ class DistributedCapture:
         stats = {}
         for site in self._sites:
             moments = np.empty((len(reduce.STAT_NAMES), site.units))
-            moments[list(_SUMMED_ROWS)] = next(summed).reshape(9, site.units)
+            moments[list(reduce.SUMMED_ROWS)] = next(summed).reshape(9, site.units)
             hist, samples = next(summed), int(round(next(summed)[0]))
             moments[3], moments[4] = -next(extreme), next(extreme)
-            outputs = [tf.constant(a) for a in (moments, next(shifts_by_site), hist)]
-            stats[site.key] = _batch_layer_stats(site, outputs, samples, self.lens.epsilon)
+            sums = reduce.Sums(moments, next(shifts_by_site).astype(np.float64), hist)
+            stats[site.key] = _layer_stats(site, sums, samples, self.lens.epsilon)
         if not stats or next(iter(stats.values())).samples == 0:
             raise KeraslensError("The data is empty: there are no samples to capture.")
         return stats

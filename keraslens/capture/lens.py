@@ -133,7 +133,7 @@ class Lens:
         if strategy is not None:
             return self._distributed(strategy).capture(data, batch_size, progress)
         batches, total = iterate_batches(data, batch_size, self._input_rank())
-        stats: dict[str, LayerStats] = {}
+        sums: dict[str, reduce.Sums] = {}
         done = 0
         for batch in batches:
             batch = self._prepare(batch)
@@ -143,14 +143,14 @@ class Lens:
             with _running(self.model, batch):
                 outputs = _traced(self._stats_step, batch)
             for site in self.sites:
-                part = _batch_layer_stats(site, outputs[site.key], size, self.epsilon)
-                stats[site.key] = stats[site.key].merge(part) if site.key in stats else part
+                part = reduce.Sums(*(t.numpy() for t in outputs[site.key]))
+                sums[site.key] = sums[site.key].add(part) if site.key in sums else part
             done += size
             if progress is not None:
                 progress(done, total)
         if done == 0:
             raise KeraslensError("The data is empty: there are no samples to capture.")
-        return stats
+        return {site.key: _layer_stats(site, sums[site.key], done, self.epsilon) for site in self.sites}
 
     def _distributed(self, strategy: tf.distribute.Strategy) -> distributed.DistributedCapture:
         if self._distributed_capture is None or self._distributed_capture.strategy is not strategy:
@@ -301,11 +301,12 @@ def _traced(step: Callable, batch: Any) -> Any:
         raise
 
 
-def _batch_layer_stats(site: CallSite, outputs, samples: int, epsilon: float) -> LayerStats:
-    moments, shift, hist = (t.numpy() for t in outputs)
+def _layer_stats(site: CallSite, sums: reduce.Sums, samples: int, epsilon: float) -> LayerStats:
+    """The `LayerStats` of one call site from its sums over `samples` samples."""
+    moments = sums.moments
     n, s1, s2 = moments[0], moments[1], moments[2]
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(n > 0, shift + s1 / np.maximum(n, 1), 0.0)
+        mean = np.where(n > 0, sums.shift + s1 / np.maximum(n, 1), 0.0)
         m2 = np.where(n > 0, np.maximum(s2 - s1 * s1 / np.maximum(n, 1), 0.0), 0.0)
     return LayerStats(
         path=site.key,
@@ -328,7 +329,7 @@ def _batch_layer_stats(site: CallSite, outputs, samples: int, epsilon: float) ->
         inf_count=_as_count(moments[8]),
         lower_count=_as_count(moments[9]),
         upper_count=_as_count(moments[10]),
-        hist_counts=hist.astype(np.int64),
+        hist_counts=sums.hist.astype(np.int64),
     )
 
 
