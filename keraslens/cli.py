@@ -22,11 +22,10 @@ from keraslens import plugins as registry
 from keraslens.capture.distributed import capture_strategy, strategy_named
 from keraslens.errors import KeraslensError
 from keraslens.result import AnalysisResult
-from keraslens.runner import analyze
+from keraslens.runner import analyze, prepare_runs
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-# NumPy's and TensorFlow's seeds are unsigned 32-bit integers.
-SEED = click.IntRange(0, 2**32 - 1)
+SEED = click.IntRange(*config.SEED_RANGE)
 
 
 class Console:
@@ -233,7 +232,7 @@ def check(
     rules = [gate.Rule.parse(text) for text in fail_on]
     accepted = gate.read_baseline(baseline) if baseline else None
     gate.check_rules(rules, accepted)
-    result = _run(console, {"-o/--output": output, "--json": json_path}, **kwargs)
+    result = _run(console, {"-o/--output": output, "--json": json_path}, rules=rules, **kwargs)
     twin = result.to_dict()
     violations = gate.evaluate(rules, twin, accepted)
     code = gate.exit_code(twin, violations, fail_on_warning)
@@ -309,9 +308,10 @@ def _run(
     option_items: tuple[str, ...],
     unsafe: bool,
     strategy: str | None,
+    rules: list[gate.Rule] | None = None,
     **flags: Any,
 ) -> AnalysisResult:
-    """Check every output path and setting, load model and data, and analyse."""
+    """Check every output path, setting and rule, load model and data, and analyse."""
     _check_outputs(
         outputs,
         {"MODEL": model_path, "--data": data_spec, "--labels": labels, "--config": config_path},
@@ -323,6 +323,9 @@ def _run(
         options=config.parse_options(option_items),
         **flags,
     )
+    if rules:
+        runs = prepare_runs(settings.plugins, settings.exclude, settings.options, settings.minimal)
+        gate.check_plugins(rules, [info.name for info, _, _ in runs])
     model = io.load_model(model_path, unsafe=unsafe)
     loaded = io.load_data(data_spec, model, data_key=data_key, labels=labels)
     console.detail(f"Loaded {model.name} and {loaded.source}.")

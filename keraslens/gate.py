@@ -131,6 +131,17 @@ def check_rules(rules: list[Rule], baseline: Mapping[str, Any] | None) -> None:
             )
 
 
+def check_plugins(rules: list[Rule], selected: list[str]) -> None:
+    """Raise before any work when a rule names a plugin that will not run."""
+    for rule in rules:
+        if rule.plugin not in selected:
+            raise KeraslensError(
+                f"--fail-on {rule.text!r}: plugin {rule.plugin!r} is not among the plugins "
+                f"this run selects ({', '.join(selected) or 'none'}); select it with "
+                "--plugin, or correct the rule."
+            )
+
+
 def evaluate(
     rules: list[Rule], result: Mapping[str, Any], baseline: Mapping[str, Any] | None = None
 ) -> list[Violation]:

@@ -217,12 +217,24 @@ def test_check_relative_rule_catches_a_regression_against_the_baseline(files, fa
         (["--fail-on", "fake-dead.dead_fraction=>1"], "is not a rule like"),
         (["--fail-on", "fake-dead.dead_fraction>+0.1"], "needs --baseline"),
         (["--fail-on", "fake-dead.nothing>1"], "reports no number 'nothing'"),
+        (["--fail-on", "fake-deda.dead_fraction>1"], "'fake-deda' is not among the plugins"),
+        (["--minimal", "--fail-on", "fake-plot.x>1"], "'fake-plot' is not among the plugins"),
     ],
 )
 def test_check_usage_errors_exit_2(files, fakes, extra, message):
     out = invoke("check", files / "tiny.keras", "--data", files / "x.npy", *extra)
     assert out.exit_code == 2
     assert message in out.output
+
+
+def test_a_rule_on_a_plugin_that_will_not_run_is_refused_before_any_work(files, fakes, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("keraslens.io.load_model", never)
+    out = invoke("check", files / "tiny.keras", "--data", files / "x.npy", "-p", "fake-dead",
+                 "--fail-on", "fake-plot.x>1")
+    assert out.exit_code == 2 and "select it with --plugin" in out.output, out.output
 
 
 def test_plugins_lists_loaded_and_failed_plugins_with_options(monkeypatch):
