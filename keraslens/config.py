@@ -54,6 +54,11 @@ _TYPES = {
 }
 
 
+# NumPy's and TensorFlow's seeds are unsigned 32-bit integers.
+SEED_RANGE = (0, 2**32 - 1)
+_RANGES = {"samples": (1, None), "batch_size": (1, None), "seed": SEED_RANGE}
+
+
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
     """The settings in a TOML file, checked for unknown keys and wrong types."""
     tomllib = _toml_reader()
@@ -76,6 +81,12 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
         if not isinstance(value, wanted) or (wanted is int and isinstance(value, bool)):
             raise KeraslensError(
                 f"Config file {str(target)!r}: {key} must be a {wanted.__name__}, got {value!r}."
+            )
+        low, high = _RANGES.get(key, (None, None))
+        if (low is not None and value < low) or (high is not None and value > high):
+            bound = f"from {low} to {high}" if high is not None else f"{low} or more"
+            raise KeraslensError(
+                f"Config file {str(target)!r}: {key} must be {bound}, got {value!r}."
             )
     for plugin, options in raw.get("options", {}).items():
         if not isinstance(options, dict):

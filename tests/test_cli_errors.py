@@ -168,6 +168,22 @@ def test_seed_outside_32_bits_is_refused_by_click(files, tmp_path, seed):
     assert "Invalid value for '--seed'" in out.output and "0<=x<=4294967295" in out.output
 
 
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("seed = -1", "seed must be from 0 to 4294967295, got -1"),
+        ("seed = 4294967296", "seed must be from 0 to 4294967295"),
+        ("batch_size = 0", "batch_size must be 1 or more, got 0"),
+        ("samples = -3", "samples must be 1 or more, got -3"),
+    ],
+)
+def test_config_values_out_of_range_are_refused(files, tmp_path, setting, message):
+    config = files / f"config-{abs(hash(setting))}.toml"
+    config.write_text(setting + "\n")
+    out = run_report(files, tmp_path, "--config", config)
+    assert out.exit_code == 2 and message in error_line(out)
+
+
 def test_output_equal_to_json_is_refused(files, tmp_path):
     same = tmp_path / "r.html"
     out = run_report(files, tmp_path, "-o", same, "--json", same)  # the later options win
