@@ -2,10 +2,11 @@
 
 Prints (median of --repeats after a warm-up, runs interleaved):
   - capture-all-layers time / plain `model.predict` time, and the range of that ratio
-    over the rounds (each round times every method back to back, so the per-round ratio
-    is free of the machine's drift between rounds);
+    over the rounds (each round times both back to back, in alternating order, so the
+    per-round ratio is free of the machine's drift between rounds);
   - the same ratio for the naive approach (one multi-output model keeping every
-    activation, statistics in NumPy);
+    activation, statistics in NumPy), timed in rounds of its own after those (see
+    `compare`), against the same `predict` times;
   - two probes of the machine's state at that moment, as the ratio depends on it: the
     reductions read memory, the convolutions mostly compute (GB/s of a compiled sum over
     34 MB, GFLOP/s of a 1024x1024 matmul);
@@ -116,20 +117,27 @@ def machine_probes(repeats: int = 9) -> tuple[float, float]:
 
 
 def compare(n: int, repeats: int) -> dict[str, list[float]]:
+    """Seconds per run: `predict` and `capture` in alternating order, round by round; then
+    `naive`, whose rounds come last: it leaves gigabytes of freed activations behind,
+    and whatever runs after it runs slower (a `predict` by 10-25%), which flattered the
+    capture's ratio when the three took turns in one round."""
     model = reference_cnn()
     data = random_batches(n)
     lens = keraslens.Lens(model)
     runs = {
         "predict": lambda: model.predict(data, verbose=0),
         "capture": lambda: lens.capture(data),
-        "naive": lambda: naive_stats(model, data),
     }
     for fn in runs.values():  # warm-up: traces
         fn()
     times = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, fn in runs.items():
+    pairs = list(runs.items())
+    for index in range(repeats):
+        for name, fn in pairs if index % 2 == 0 else pairs[::-1]:
             times[name].append(timed(fn))
+    naive = lambda: naive_stats(model, data)  # noqa: E731
+    naive()
+    times["naive"] = [timed(naive) for _ in range(repeats)]
     return times
 
 
