@@ -59,7 +59,7 @@ def analyze(
         labels: labels of `data` (array), for plugins that use them.
         batch_size: samples per capture step.
         samples: analyse a random subset of this many samples (array data), or
-            the first ones (datasets).
+            the first ones (datasets; a `PyDataset` is refused); the report says which.
         seed: seed for sampling and for plugins.
         minimal: skip expensive plugins and figures.
         data_source: how to describe the data in the report.
@@ -77,13 +77,15 @@ def analyze(
     ```
     """
     runs = prepare_runs(plugins, exclude, options, minimal)
-    data, labels, n_samples = _subsample(data, labels, samples, seed)
+    data, labels, n_samples, subset = _subsample(data, labels, samples, seed)
     needs = set().union(*(run_needs for _, run_needs, _ in runs)) if runs else set()
     lens = Lens(model, layers, **merged_capture_settings(runs))
     stats = lens.capture(data, batch_size, progress=progress) if "stats" in needs else {}
     sample, sample_labels = context_sample(data, labels, lens)
     if n_samples is None:
         n_samples = next(iter(stats.values())).samples if stats else None
+        if subset == "first" and n_samples is not None and n_samples < samples:
+            subset = None  # the dataset held fewer: all of it
     results = run_plugins(
         runs,
         model=model,
@@ -95,7 +97,7 @@ def analyze(
         minimal=minimal,
         plugin_progress=plugin_progress,
     )
-    meta = run_meta(model, data_source, n_samples, samples, seed, batch_size, layers, minimal, runs)
+    meta = run_meta(model, data_source, n_samples, subset, seed, batch_size, layers, minimal, runs)
     return AnalysisResult(meta=meta, plugins=results, stats=stats)
 
 
@@ -202,22 +204,27 @@ def _run_one(info: registry.PluginInfo, parsed: dict[str, Any], context) -> Plug
 
 
 def _subsample(data, labels, samples, seed):
+    """`(data, labels, n_samples, subset)`: `subset` says how a subset was drawn ("random"
+    from arrays, the "first" elements of a dataset), None for all the data."""
     if samples is None:
-        return data, labels, None
+        return data, labels, None, None
     if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
         raise KeraslensError(f"samples must be a positive integer, got {samples!r}.")
-    if isinstance(data, tf.data.Dataset) or isinstance(data, keras.utils.PyDataset):
-        if isinstance(data, tf.data.Dataset):
-            return data.unbatch().take(samples).batch(256), labels, None
-        return data, labels, None
+    if isinstance(data, keras.utils.PyDataset):
+        raise KeraslensError(
+            "samples draws from arrays or a tf.data.Dataset, and a PyDataset has no way to "
+            "take some of its samples: leave samples out, or pass the arrays."
+        )
+    if isinstance(data, tf.data.Dataset):
+        return data.unbatch().take(samples).batch(256), labels, None, "first"
     flat = tf.nest.flatten(data)
     n = int(np.shape(flat[0])[0])
     if samples >= n:
-        return data, labels, n
+        return data, labels, n, None
     index = np.sort(np.random.default_rng(seed).choice(n, samples, replace=False))
     data = tf.nest.map_structure(lambda a: np.asarray(a)[index], data)
     labels = None if labels is None else np.asarray(labels)[index]
-    return data, labels, samples
+    return data, labels, samples, "random"
 
 
 def context_sample(data, labels, lens: Lens):
@@ -238,7 +245,7 @@ def context_sample(data, labels, lens: Lens):
     return sample, sample_labels
 
 
-def run_meta(model, data_source, n_samples, samples, seed, batch_size, layers, minimal, runs):
+def run_meta(model, data_source, n_samples, subset, seed, batch_size, layers, minimal, runs):
     """The report's description of a run: model, data, settings, plugin versions, date."""
     try:
         input_shapes = [list(t.shape) for t in model.inputs]
@@ -251,7 +258,8 @@ def run_meta(model, data_source, n_samples, samples, seed, batch_size, layers, m
         "input_shapes": input_shapes,
         "data_source": data_source or _describe_data(),
         "samples": n_samples,
-        "sampled": samples is not None,
+        "sampled": subset is not None,
+        "subset": subset,
         "seed": seed,
         "batch_size": batch_size,
         "layers": None if layers is None else [str(s) for s in np.atleast_1d(layers)],

@@ -7,6 +7,7 @@ import re
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from test_report_fixtures import (
     XSS,
     Broken,
@@ -113,6 +114,41 @@ def test_same_seed_gives_the_same_bytes_apart_from_the_date(monkeypatch):
     first = render_html(keraslens.analyze(tiny_model(), tiny_data(), seed=3, samples=40))
     second = render_html(keraslens.analyze(tiny_model(), tiny_data(), seed=3, samples=40))
     assert without_date(first) == without_date(second)
+
+
+@pytest.mark.parametrize(
+    ("data", "samples", "count", "subset", "header"),
+    [
+        (tiny_data(64), 40, 40, "random", "40 samples (random subset)"),
+        (tiny_data(64), 64, 64, None, "64 samples<"),
+        (tiny_data(64), 500, 64, None, "64 samples<"),
+        ("dataset", 40, 40, "first", "40 samples (the first of the dataset)"),
+        ("dataset", 500, 64, None, "64 samples<"),
+    ],
+)
+def test_the_header_says_how_the_samples_were_drawn(
+    monkeypatch, data, samples, count, subset, header
+):
+    install_plugins(monkeypatch, DeadUnits)
+    if isinstance(data, str):
+        data = tf.data.Dataset.from_tensor_slices(tiny_data(64)).batch(16)
+    result = keraslens.analyze(tiny_model(), data, samples=samples)
+    assert result.meta["samples"] == count and result.meta["subset"] == subset
+    assert result.meta["sampled"] is (subset is not None)
+    assert header in render_html(result)
+
+
+def test_samples_of_a_py_dataset_are_refused_not_ignored(monkeypatch):
+    class Batches(keras.utils.PyDataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            return tiny_data(32)
+
+    install_plugins(monkeypatch, DeadUnits)
+    with pytest.raises(keraslens.KeraslensError, match="leave samples out"):
+        keraslens.analyze(tiny_model(), Batches(), samples=10)
 
 
 def test_to_html_failure_leaves_the_previous_file_untouched(result, tmp_path, monkeypatch):

@@ -117,11 +117,14 @@ def _layer_names(result: AnalysisResult) -> list[str]:
     return names
 
 
+_SUBSETS = {"random": " (random subset)", "first": " (the first of the dataset)"}
+
+
 def _header(meta: dict[str, Any]) -> list[tuple[str, Any]]:
     samples = meta.get("samples")
     data = f"{meta.get('data_source', '')}"
     if samples is not None:
-        data += f", {samples} samples" + (" (random subset)" if meta.get("sampled") else "")
+        data += f", {samples} samples" + _SUBSETS.get(meta.get("subset"), "")
     rows = [
         ("Model", f"{meta.get('model', '')} ({meta.get('model_class', '')})"),
         ("Parameters", _thousands(meta.get("parameters"))),
