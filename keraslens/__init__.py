@@ -31,6 +31,7 @@ _EXPORTS = {
     "PluginRun": "keraslens.result",
     "Table": "keraslens.plugin",
     "analyze": "keraslens.runner",
+    "attribute": "keraslens.attr",
     "heatmap": "keraslens.vis",
     "load_data": "keraslens.io",
     "load_model": "keraslens.io",
@@ -55,6 +56,7 @@ __all__ = [
     "Table",
     "__version__",
     "analyze",
+    "attribute",
     "heatmap",
     "load_data",
     "load_model",
@@ -80,6 +82,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from keraslens import plugins
+    from keraslens.attr import attribute
     from keraslens.callback import LensCallback
     from keraslens.capture import LayerStats, Lens
     from keraslens.errors import KeraslensError

@@ -176,8 +176,8 @@ def build_graph(
     if path:
         check_path(view, path)
     inputs, outputs, activation, calls = _replay(view, path)
-    chosen = outputs[_output_index(view, output)]
-    logits, to_probability, linear = _pre_activation(chosen, calls)
+    chosen = outputs[output_index(view, output)]
+    logits, to_probability, linear = pre_activation(chosen, calls)
     target_layer = None
     if activation is not None:
         target_layer = keras.layers.Identity(name="keraslens_target")
@@ -243,7 +243,8 @@ def parse_output(text: str) -> int | str | None:
     return int(text) if text.lstrip("-").isdigit() else text
 
 
-def _output_index(view: keras.Model, output: int | str | None) -> int:
+def output_index(view: keras.Model, output: int | str | None) -> int:
+    """The position of `output` (index or name) among `view`'s outputs, or a clear error."""
     count = len(view.outputs)
     if output is None:
         if count > 1:
@@ -265,8 +266,12 @@ def _output_index(view: keras.Model, output: int | str | None) -> int:
     return output % count
 
 
-def _pre_activation(tensor: Any, calls: dict) -> tuple[Any, Callable, bool]:
-    """The tensor before the activation that produced `tensor`, and that activation."""
+def pre_activation(tensor: Any, calls: dict) -> tuple[Any, Callable, bool]:
+    """The tensor before the activation that produced `tensor`, and that activation.
+
+    `calls` maps each replayed tensor's id to the `(layer, args, kwargs)` call that made
+    it; the third value is False when no activation could be separated.
+    """
     layer, args, kwargs = calls[id(tensor)]
     if isinstance(layer, keras.layers.Softmax):
         return args[0], layer, True

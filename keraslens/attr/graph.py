@@ -1,0 +1,369 @@
+"""The graph an attribution is computed on: the model's inputs to one pre-activation score.
+
+`score_graph` rebuilds the model's forward pass once, with the user's own layers (and so
+weights), as a Functional graph that
+
+- ends at the chosen output *before* its activation (softmax, sigmoid): attributions of
+  probabilities saturate, those of logits do not;
+- optionally adds a zero-valued `shift` input to the output of one layer (an `Embedding`
+  fed by token ids, or any `layer=`), so that gradients and perturbations are taken at
+  that layer's output while masks computed from the tokens still flow;
+- optionally replaces every ReLU by a rule for its backward pass (guided backpropagation,
+  deconvnet).
+
+The model itself is never modified. Graphs are cached per model, so a second call with the
+same choices reuses the compiled functions built on them.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keraslens.errors import KeraslensError
+from keraslens.vis.compat import check_path, is_opaque, output_index, pre_activation
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One model input: how data for it is keyed, and the shape and dtype of a sample."""
+
+    key: str
+    shape: tuple
+    dtype: str
+
+    @property
+    def is_integer(self) -> bool:
+        """True for token ids and other indices, which have no gradient."""
+        dtype = np.dtype(self.dtype)
+        return bool(np.issubdtype(dtype, np.integer) or dtype == np.bool_)
+
+
+@dataclass(frozen=True)
+class ScoreGraph:
+    """A Functional model from the model's inputs (and a shift) to one output's logits.
+
+    Args:
+        model: Functional; called on `feeds` (the model's inputs in `specs` order, then the
+            shift input when `layer` is set), returns logits `(batch, classes)`.
+        specs: the model's inputs.
+        explained: index in `specs` of the input being explained.
+        layer: path of the layer whose output is explained, or None for the input itself.
+        layer_model: from the model's inputs to that layer's output (None without `layer`).
+        to_probability: maps logits to what the model itself outputs.
+    """
+
+    model: keras.Model
+    specs: tuple[InputSpec, ...]
+    explained: int
+    layer: str | None
+    layer_model: keras.Model | None
+    to_probability: Callable[[Any], Any]
+
+    @property
+    def classes(self) -> int:
+        """Number of scores the explained output has."""
+        return int(self.model.outputs[0].shape[-1])
+
+    @property
+    def explained_feed(self) -> int:
+        """Index in the model's feeds of the tensor attributions are taken at."""
+        return len(self.specs) if self.layer_model is not None else self.explained
+
+    @cached_property
+    def feed_specs(self) -> list[tf.TensorSpec]:
+        """Batch-agnostic signatures of the feeds: one trace serves every batch size."""
+        return [tf.TensorSpec((None, *t.shape[1:]), t.dtype) for t in self.model.inputs]
+
+    @cached_property
+    def logits_fn(self) -> Callable:
+        """Compiled `feeds -> logits`."""
+        model = self.model
+        return tf.function(lambda feeds: model(feeds, training=False), [self.feed_specs])
+
+    @cached_property
+    def gradient_fn(self) -> Callable:
+        """Compiled `(feeds, targets) -> (d target logit / d explained feed, logits)`."""
+        model, index = self.model, self.explained_feed
+
+        def gradient(feeds, targets):
+            with tf.GradientTape() as tape:
+                tape.watch(feeds[index])
+                logits = model(feeds, training=False)
+                score = tf.gather(logits, targets[:, None], batch_dims=1)[:, 0]
+            return tape.gradient(score, feeds[index]), logits
+
+        return tf.function(gradient, [self.feed_specs, tf.TensorSpec((None,), tf.int32)])
+
+    @cached_property
+    def layer_fn(self) -> Callable:
+        """Compiled `inputs -> the explained layer's output`."""
+        model = self.layer_model
+        specs = self.feed_specs[: len(self.specs)]
+        return tf.function(lambda inputs: model(inputs, training=False), [specs])
+
+
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def score_graph(
+    model: keras.Model,
+    specs: Sequence[InputSpec],
+    explained: int,
+    *,
+    output: int | str | None = None,
+    layer: str | None = None,
+    relu_rule: str | None = None,
+) -> ScoreGraph:
+    """The cached `ScoreGraph` of `model` for these choices (built on first use).
+
+    Args:
+        model: any Keras 3 model: Sequential, Functional, nested, subclassed, multi-I/O.
+        specs: the model's inputs, from `model_inputs`.
+        explained: which input is explained.
+        output: the output to explain (index or name) of a multi-output model.
+        layer: explain at this layer's output (`"backbone/conv"`); None: at the input, or
+            at the first layer fed by an integer input (its embedding).
+        relu_rule: None, `"guided"` or `"deconvnet"`: the backward rule for every ReLU.
+    """
+    key = (tuple(specs), explained, output, layer, relu_rule)
+    per_model = _CACHE.setdefault(model, {})
+    if key not in per_model:
+        per_model[key] = _build(model, tuple(specs), explained, output, layer, relu_rule)
+    return per_model[key]
+
+
+def _build(model, specs, explained, output, layer, relu_rule) -> ScoreGraph:
+    view = _functional(model, specs)
+    path = layer.split("/") if layer else []
+    if path:
+        check_path(view, path)
+    token_input = specs[explained].is_integer and not path
+    replay = _Replay(path, relu_rule, explained if token_input else None)
+    inputs, outputs = replay.run(view)
+    if (path or token_input) and replay.shift is None:
+        raise KeraslensError(
+            f"No layer of model {model.name!r} takes the integer input "
+            f"{specs[explained].key!r} and returns floats, so there is no embedding to explain "
+            "the tokens at; name the layer with layer=."
+        )
+    chosen = outputs[output_index(view, output)]
+    logits, to_probability, _ = pre_activation(chosen, replay.calls)
+    if len(logits.shape) != 2:
+        raise KeraslensError(
+            f"The explained output has shape {tuple(logits.shape)}; attributions explain "
+            "scores of shape (batch, classes). Choose another output with output=."
+        )
+    feeds = inputs + ([replay.shift] if replay.shift is not None else [])
+    layer_model = keras.Model(inputs, replay.base) if replay.shift is not None else None
+    return ScoreGraph(
+        model=keras.Model(feeds, logits),
+        specs=specs,
+        explained=explained,
+        layer=layer or (replay.layer_name if token_input else None),
+        layer_model=layer_model,
+        to_probability=to_probability,
+    )
+
+
+def _functional(model: keras.Model, specs: Sequence[InputSpec]) -> keras.Model:
+    """A Functional model computing `model` with its own layers, one Input per spec."""
+    if isinstance(model, keras.Model) and not isinstance(model, keras.Sequential):
+        if getattr(model, "outputs", None) is not None:
+            return model
+    inputs = [keras.Input(shape=s.shape, dtype=s.dtype, name=f"{s.key}_") for s in specs]
+    if isinstance(model, keras.Sequential):
+        outputs = inputs[0]
+        for inner in model.layers:
+            outputs = inner(outputs)
+        return keras.Model(inputs, outputs)
+    argument = inputs[0] if len(inputs) == 1 else inputs
+    try:
+        outputs = model.call(argument)
+    except Exception:  # an untraceable call (raw TensorFlow ops) is kept whole, not refused
+        outputs = model(argument)
+    return keras.Model(inputs, outputs)
+
+
+class _Replay:
+    """Re-runs a Functional graph on fresh Inputs with the user's layers, rewriting on the way.
+
+    Records, for every produced tensor, the `(layer, args, kwargs)` call that made it (for
+    `pre_activation`), adds the shift at `path` or after the first layer fed by the input
+    at index `token`, and applies `relu_rule` to every ReLU, entering nested models when it
+    must. A shift takes two passes: the first finds the layer and the shape of its output,
+    the second replays a copy of the view that takes the shift as one more input
+    (`clone_model` builds a model on the given inputs only).
+    """
+
+    def __init__(self, path: Sequence[str], relu_rule: str | None, token: int | None) -> None:
+        self.path, self.relu_rule, self.token = list(path), relu_rule, token
+        self.calls: dict[int, tuple] = {}
+        self.shift = self.base = None
+        self.layer_name: str | None = None
+        self._found: Any = None
+
+    def run(self, view: keras.Model) -> tuple[list, list]:
+        """The replayed model inputs and outputs; `shift` and `base` are set if shifted."""
+        inputs, outputs = self._pass(view, view.inputs)
+        if self._found is None:
+            return inputs, outputs
+        self.calls.clear()
+        spare = keras.Input(shape=tuple(self._found.shape[1:]), dtype=self._found.dtype)
+        extended = keras.Model([*view.inputs, spare], view.outputs)
+        inputs, outputs = self._pass(extended, extended.inputs, shift=True)
+        self.shift = inputs[-1]
+        return inputs[:-1], outputs
+
+    def _pass(self, view: keras.Model, declared: list, shift: bool = False) -> tuple[list, list]:
+        inputs = [keras.Input(batch_shape=t.shape, dtype=t.dtype) for t in declared]
+        token = inputs[self.token] if self.token is not None else None
+        done = [False]
+
+        def call(layer, *args, **kwargs):
+            out = self._call(layer, args, kwargs, token, inputs[-1] if shift else None, done)
+            self.calls[id(out)] = (layer, args, kwargs)
+            return out
+
+        structure = view.input if not shift else inputs
+        clone = keras.models.clone_model(
+            view,
+            input_tensors=tf.nest.pack_sequence_as(structure, inputs),
+            clone_function=lambda lay: lay,
+            call_function=call,
+        )
+        return inputs, list(clone.outputs)
+
+    def _call(self, layer, args, kwargs, token, shift, done):
+        head = self.path[0] if self.path else None
+        if not done[0] and head == layer.name and len(self.path) > 1:
+            done[0] = True
+            return self._enter(layer, args, kwargs, shift)
+        if self.relu_rule and isinstance(layer, keras.Model) and not self._opaque(layer, args):
+            return self._rewritten_inner(layer, args, kwargs)
+        out = self._rewritten_call(layer, args, kwargs)
+        fed_by_token = token is not None and any(
+            t is token for t in tf.nest.flatten((args, kwargs))
+        )
+        if not done[0] and (head == layer.name or (fed_by_token and _floating(out))):
+            done[0] = True
+            self.layer_name, self._found = layer.name, out
+            if shift is not None:
+                self.base = out
+                out = _Shift(name="keraslens_shift")([out, shift])
+        return out
+
+    def _enter(self, layer, args, kwargs, shift):
+        inner = _Replay(self.path[1:], self.relu_rule, None)
+        inner_inputs, inner_outputs = inner.run(_functional_inner(layer, args))
+        if inner.shift is None:
+            return layer(*args, **kwargs)
+        self.layer_name = layer.name + "/" + (inner.layer_name or "")
+        self._found = inner._found
+        if shift is None:
+            return layer(*args, **kwargs)
+        out_value = inner_outputs[0] if len(inner_outputs) == 1 else inner_outputs
+        # Two models, so that the base (the layer's own output) does not depend on the shift.
+        self.base = keras.Model(inner_inputs, inner.base)(*args)
+        return keras.Model([*inner_inputs, inner.shift], out_value)([*args, shift])
+
+    def _rewritten_inner(self, layer, args, kwargs):
+        inner = _Replay([], self.relu_rule, None)
+        inner_inputs, inner_outputs = inner.run(_functional_inner(layer, args))
+        out_value = inner_outputs[0] if len(inner_outputs) == 1 else inner_outputs
+        return keras.Model(inner_inputs, out_value)(*args, **kwargs)
+
+    def _rewritten_call(self, layer, args, kwargs):
+        if self.relu_rule is None:
+            return layer(*args, **kwargs)
+        if _is_relu_layer(layer):
+            return _RuleReLU(self.relu_rule)(args[0])
+        activation = getattr(layer, "activation", None)
+        if activation is not None and _is_relu(activation):
+            twin = type(layer).from_config(
+                {**layer.get_config(), "activation": "linear", "name": f"{layer.name}_linear"}
+            )
+            out = twin(*args, **kwargs)
+            twin.set_weights(layer.get_weights())
+            return _RuleReLU(self.relu_rule)(out)
+        return layer(*args, **kwargs)
+
+    @staticmethod
+    def _opaque(layer, args) -> bool:
+        return is_opaque(_functional_inner(layer, args), layer)
+
+
+def _functional_inner(layer: keras.Model, args: tuple) -> keras.Model:
+    first = args[0]
+    spec = InputSpec("inner", tuple(first.shape[1:]), keras.backend.standardize_dtype(first.dtype))
+    return _functional(layer, [spec])
+
+
+def _floating(tensor: Any) -> bool:
+    return keras.backend.standardize_dtype(tensor.dtype).startswith(("float", "bfloat"))
+
+
+def _is_relu(activation: Any) -> bool:
+    return keras.activations.serialize(activation) == "relu"
+
+
+def _is_relu_layer(layer: keras.layers.Layer) -> bool:
+    if isinstance(layer, keras.layers.ReLU):
+        config = layer.get_config()
+        return not config.get("max_value") and not config.get("negative_slope")
+    return isinstance(layer, keras.layers.Activation) and _is_relu(layer.activation)
+
+
+class _Shift(keras.layers.Layer):
+    """`value + shift`, keeping `value`'s mask (so an Embedding's padding mask still flows)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.supports_masking = True
+
+    def call(self, inputs):
+        return inputs[0] + inputs[1]
+
+    def compute_mask(self, inputs, mask=None):
+        return mask[0] if isinstance(mask, (list, tuple)) else mask
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+
+class _RuleReLU(keras.layers.Layer):
+    """ReLU forward; backward by a rule of Springenberg et al. (2015) or Zeiler & Fergus (2014).
+
+    `"guided"`: the gradient passes where both the input and the incoming gradient are
+    positive. `"deconvnet"`: it passes where the incoming gradient is positive, whatever
+    the input.
+    """
+
+    def __init__(self, rule: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.rule = rule
+
+    def call(self, inputs):
+        rule = self.rule
+
+        @tf.custom_gradient
+        def relu(x):
+            def backward(upstream):
+                passed = tf.nn.relu(upstream)
+                if rule == "guided":
+                    passed = passed * tf.cast(x > 0, upstream.dtype)
+                return passed
+
+            return tf.nn.relu(x), backward
+
+        return relu(inputs)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape

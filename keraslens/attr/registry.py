@@ -1,0 +1,29 @@
+"""Attribution methods by name: a new method is one module and one line here."""
+
+from __future__ import annotations
+
+from keraslens.attr.gradcam import GradCAM, GradCAMPlusPlus, LayerCAM
+from keraslens.attr.gradient_input import GradientInput
+from keraslens.attr.guided_backprop import Deconvnet, GuidedBackprop
+from keraslens.attr.integrated_gradients import IntegratedGradients
+from keraslens.attr.method import AttributionMethod
+from keraslens.attr.saliency import Saliency
+from keraslens.attr.smoothgrad import SmoothGrad, SquareGrad, VarGrad
+
+METHODS: dict[str, type[AttributionMethod]] = {
+    method.name: method
+    for method in (
+        Saliency,
+        GradientInput,
+        IntegratedGradients,
+        SmoothGrad,
+        SquareGrad,
+        VarGrad,
+        GuidedBackprop,
+        Deconvnet,
+        GradCAM,
+        GradCAMPlusPlus,
+        LayerCAM,
+    )
+}
+"""Every attribution method, by the name `keraslens.attribute` takes."""

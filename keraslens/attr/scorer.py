@@ -1,0 +1,105 @@
+"""`Scorer`: a batch to explain, and compiled, batched access to its target scores."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+
+from keraslens.attr.graph import ScoreGraph
+from keraslens.vis.targets import as_targets
+
+VALUES_PER_PASS = 2**22
+"""Input values per internal pass: bounds memory whatever the steps, masks or draws."""
+
+GROUP_PASSES = 8
+"""Passes' worth of rows a method expands at once (`Scorer.groups`)."""
+
+
+class Scorer:
+    """The explained value of N samples and the target score of any values around it.
+
+    Methods see only `value` (the explained input, or the layer output it is taken at)
+    and ask for scores or gradients of arrays shaped like it. Rows are sample-major: with
+    `repeat=k`, rows `i*k .. i*k+k-1` belong to sample `i`, whose other inputs and target
+    they share. Work is split into passes of `batch_size` rows, so 256 integrated-gradient
+    steps on a large batch cannot exhaust memory (Captum issue #245).
+
+    Args:
+        graph: the model's `ScoreGraph`.
+        feeds: the N samples of every model input, in `graph.specs` order.
+        targets: class indices (see `keraslens.attribute`), or None for the predicted class.
+        batch_size: rows per pass; None: `VALUES_PER_PASS` input values, 16 to 256 rows.
+    """
+
+    def __init__(
+        self,
+        graph: ScoreGraph,
+        feeds: Sequence[np.ndarray],
+        targets: object = None,
+        batch_size: int | None = None,
+    ) -> None:
+        self.graph = graph
+        self._inputs = list(feeds)
+        self.samples = len(self._inputs[0])
+        explained = self._inputs[graph.explained]
+        self.input_shape = tuple(explained.shape[1:])
+        self.batch_size = batch_size or int(
+            np.clip(VALUES_PER_PASS // max(1, int(np.prod(self.input_shape))), 16, 256)
+        )
+        self._base = self._layer_values() if graph.layer_model is not None else None
+        self.value = self._base if self._base is not None else explained.astype(np.float32)
+        self.logits = self._run(lambda feeds, _: graph.logits_fn(feeds), self.value)
+        chosen = as_targets(targets, self.samples, graph.classes)
+        self.targets = (self.logits.argmax(axis=1) if chosen is None else chosen).astype(np.int32)
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        """What the model outputs for the clean samples (softmax of the logits, ...)."""
+        return np.asarray(self.graph.to_probability(self.logits))
+
+    def groups(self, rows_per_sample: int) -> Iterator[slice]:
+        """Slices of samples whose rows fill a few passes: build big expansions group-wise."""
+        step = max(1, (GROUP_PASSES * self.batch_size) // max(1, rows_per_sample))
+        for start in range(0, self.samples, step):
+            yield slice(start, min(start + step, self.samples))
+
+    def score(self, values: np.ndarray, repeat: int = 1, first: int = 0) -> np.ndarray:
+        """The target logit of each row of `values`: shaped like `value`, `repeat` rows per
+        sample, for the samples from `first` on."""
+        logits = self._run(lambda feeds, _: self.graph.logits_fn(feeds), values, repeat, first)
+        owners = first + np.arange(len(logits)) // repeat
+        return logits[np.arange(len(logits)), self.targets[owners]]
+
+    def gradient(self, values: np.ndarray, repeat: int = 1, first: int = 0) -> np.ndarray:
+        """d target logit / d values, row by row (rows as in `score`)."""
+
+        def gradient(feeds, owners):
+            return self.graph.gradient_fn(feeds, self.targets[owners])[0]
+
+        return self._run(gradient, values, repeat, first)
+
+    def _layer_values(self) -> np.ndarray:
+        fn = self.graph.layer_fn
+        parts = [
+            np.asarray(fn([x[start : start + self.batch_size] for x in self._inputs]))
+            for start in range(0, self.samples, self.batch_size)
+        ]
+        return np.concatenate(parts).astype(np.float32)
+
+    def _run(self, fn: Callable, values: np.ndarray, repeat: int = 1, first: int = 0) -> np.ndarray:
+        """`fn(feeds, owners)` over passes of `batch_size` rows, concatenated."""
+        values = np.asarray(values, dtype=np.float32)
+        if len(values) % repeat or first + len(values) // repeat > self.samples:
+            raise ValueError(f"{len(values)} rows do not fit {repeat} rows per sample")
+        parts = []
+        for start in range(0, len(values), self.batch_size):
+            rows = values[start : start + self.batch_size]
+            owners = first + np.arange(start, start + len(rows)) // repeat
+            feeds = [x[owners] for x in self._inputs]
+            if self._base is not None:
+                feeds.append(rows - self._base[owners])
+            else:
+                feeds[self.graph.explained] = rows
+            parts.append(np.asarray(fn(feeds, owners)))
+        return np.concatenate(parts)
