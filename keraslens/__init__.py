@@ -32,6 +32,7 @@ _EXPORTS = {
     "Table": "keraslens.plugin",
     "analyze": "keraslens.runner",
     "attribute": "keraslens.attr",
+    "evaluate": "keraslens.metrics",
     "heatmap": "keraslens.vis",
     "load_data": "keraslens.io",
     "load_model": "keraslens.io",
@@ -57,6 +58,7 @@ __all__ = [
     "__version__",
     "analyze",
     "attribute",
+    "evaluate",
     "heatmap",
     "load_data",
     "load_model",
@@ -87,6 +89,7 @@ if TYPE_CHECKING:
     from keraslens.capture import LayerStats, Lens
     from keraslens.errors import KeraslensError
     from keraslens.io import load_data, load_model
+    from keraslens.metrics import evaluate
     from keraslens.plugin import (
         PLUGIN_API_VERSION,
         AnalysisContext,

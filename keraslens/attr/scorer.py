@@ -64,10 +64,14 @@ class Scorer:
         for start in range(0, self.samples, step):
             yield slice(start, min(start + step, self.samples))
 
+    def outputs(self, values: np.ndarray, repeat: int = 1, first: int = 0) -> np.ndarray:
+        """Every logit of each row of `values` (rows as in `score`)."""
+        return self._run(lambda feeds, _: self.graph.logits_fn(feeds), values, repeat, first)
+
     def score(self, values: np.ndarray, repeat: int = 1, first: int = 0) -> np.ndarray:
         """The target logit of each row of `values`: shaped like `value`, `repeat` rows per
         sample, for the samples from `first` on."""
-        logits = self._run(lambda feeds, _: self.graph.logits_fn(feeds), values, repeat, first)
+        logits = self.outputs(values, repeat, first)
         owners = first + np.arange(len(logits)) // repeat
         return logits[np.arange(len(logits)), self.targets[owners]]
 
