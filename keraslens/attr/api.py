@@ -74,7 +74,7 @@ def attribute(
         )
         values = explainer.attribute(scorer)
         if specs[index].is_integer and layer is None and not explainer.at_layer:
-            values = values.sum(axis=-1)
+            values = values[..., 0] if explainer.per_position else values.sum(axis=-1)
         results[specs[index].key] = values
     if input is not None or len(specs) == 1:
         return next(iter(results.values()))

@@ -38,6 +38,9 @@ class AttributionMethod(ABC):
     magnitude: ClassVar[bool] = False
     """True when the values are magnitudes (the picture takes |.| max over channels);
     False for signed contributions (the picture sums over channels)."""
+    per_position: ClassVar[bool] = False
+    """True when a value is one per position, repeated over its channels (perturbation
+    methods): token attributions then take that value once instead of summing the features."""
 
     def __init__(self, **options: Any) -> None:
         unknown = sorted(set(options) - set(self.options))
