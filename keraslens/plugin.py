@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
+from keraslens.jsonable import to_jsonable
+
 if TYPE_CHECKING:
     import keras
 
@@ -140,7 +142,9 @@ class Finding:
 
     def __post_init__(self) -> None:
         if self.severity not in _SEVERITIES:
-            raise ValueError(f"Finding severity must be one of {_SEVERITIES}, got {self.severity!r}.")
+            raise ValueError(
+                f"Finding severity must be one of {_SEVERITIES}, got {self.severity!r}."
+            )
         self.units = [int(u) for u in self.units]
 
     def to_dict(self) -> dict[str, Any]:
@@ -306,24 +310,3 @@ class Plugin:
 
 
 PluginFactory = Callable[[], Plugin]
-
-
-def to_jsonable(value: Any) -> Any:
-    """Convert NumPy scalars/arrays and tuples recursively into JSON-safe values.
-
-    Non-finite floats become None (JSON has no NaN).
-    """
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return to_jsonable(value.tolist())
-    if isinstance(value, (np.bool_, bool)):
-        return bool(value)
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return value if np.isfinite(value) else None
-    return value

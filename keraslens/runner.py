@@ -229,7 +229,7 @@ def _subsample(data, labels, samples, seed):
 
 def context_sample(data, labels, lens: Lens):
     """The first SAMPLE_SIZE samples as NumPy (and their labels), for per-sample plugins."""
-    batches, _ = iterate_batches(data, SAMPLE_SIZE, lens._input_rank())
+    batches, _ = iterate_batches(data, SAMPLE_SIZE, lens.input_rank())
     taken, size = [], 0
     for batch in batches:
         taken.append(tf.nest.map_structure(np.asarray, batch))

@@ -325,9 +325,9 @@ def test_masks_flow_through_captured_layers(rng):
     tokens = keras.Input((7,), dtype="int32")
     embedded = keras.layers.Embedding(9, 4, mask_zero=True, name="embed")(tokens)
     hidden = keras.layers.LSTM(3, return_sequences=True, name="lstm")(embedded)
-    both = keras.layers.Bidirectional(
-        keras.layers.GRU(2, return_sequences=True), name="bidi"
-    )(hidden)
+    both = keras.layers.Bidirectional(keras.layers.GRU(2, return_sequences=True), name="bidi")(
+        hidden
+    )
     model = keras.Model(tokens, keras.layers.Dense(2, name="head")(both))
     x = rng.integers(1, 9, size=(40, 7)).astype(np.int32)
     x[:, 4:] = 0  # padding: masked steps repeat the last state
@@ -551,9 +551,7 @@ def test_wrong_input_shape_error_names_the_expected_shape(make_sequential, rng):
         Lens(make_sequential()).capture(normal_data(rng, features=5))
 
 
-def test_a_dict_without_an_input_name_is_an_error_naming_the_missing_key(
-    make_two_in_two_out, rng
-):
+def test_a_dict_without_an_input_name_is_an_error_naming_the_missing_key(make_two_in_two_out, rng):
     data = {"wide": normal_data(rng), "other": normal_data(rng, features=5)}
     lens = Lens(make_two_in_two_out())
     for run in (lens.capture, lens.activations):
@@ -714,8 +712,6 @@ def test_to_dict_is_json_with_non_finite_values_as_null(rng):
     np.testing.assert_allclose(as_json["mean"][:3], numpy_stats(x[:, :3])["mean"], rtol=1e-5)
 
 
-
-
 # ---------------------------------------------------------------- inputs as Keras takes them
 
 
@@ -728,7 +724,9 @@ def test_dict_inputs_keyed_by_the_models_keys_or_by_input_names(rng):
     expected = keras.ops.convert_to_numpy(tf.function(model)(arrays))
     by_names = {"x_wide": arrays["wide"], "x_narrow": arrays["narrow"]}
     for data in (arrays, by_names):
-        assert_matches_numpy(Lens(model, "dense").capture(data, batch_size=BATCH)["dense"], expected)
+        assert_matches_numpy(
+            Lens(model, "dense").capture(data, batch_size=BATCH)["dense"], expected
+        )
 
 
 def test_a_one_input_model_takes_a_one_array_dict_under_any_key(make_sequential, rng):

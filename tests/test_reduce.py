@@ -21,13 +21,13 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from keraslens.capture import reduce
-from keraslens.capture.stats import HIST_BINS
+from keraslens.capture.stats import HIST_BINS, STAT_NAMES, STATISTICS, Sums
 
 BOUNDS = (-0.5, 0.5)
 
 
 def numpy_moments(values: np.ndarray, shift: np.ndarray, bounds) -> np.ndarray:
-    """The 11 rows of `reduce.STAT_NAMES`, in float64."""
+    """The rows of `STATISTICS`, in float64."""
     v = values.astype(np.float64)
     flat = v.reshape(-1, v.shape[-1])
     finite = np.isfinite(flat)
@@ -85,7 +85,7 @@ def assert_summary(values, bounds=BOUNDS, histogram_samples=None, shift=None):
     tiny = np.finfo(np.float32).tiny * len(flat)
     for row, bound in ((1, centred.sum(0)), (2, (centred**2).sum(0))):
         error = np.abs(moments[row] - expected[row])
-        assert (error <= 1e-5 * bound + tiny).all(), (reduce.STAT_NAMES[row], error, bound)
+        assert (error <= 1e-5 * bound + tiny).all(), (STAT_NAMES[row], error, bound)
     sampled = values if histogram_samples is None else values[:histogram_samples]
     np.testing.assert_array_equal(hist, numpy_hist(sampled))
 
@@ -183,6 +183,12 @@ def test_the_kernel_refuses_buffers_of_the_wrong_size():
         _kernel.summarize(values, 4, 3, 4, shift, True, False, 0, 0, 2, np.zeros((11, 4)), hist)
 
 
+def test_the_kernel_exports_the_rows_of_the_schema_in_its_order():
+    from keraslens.capture import _kernel
+
+    assert _kernel.ROWS == tuple(statistic.name for statistic in STATISTICS)
+
+
 def test_an_unbuilt_kernel_names_the_fix():
     code = (
         "import sys\n"
@@ -199,7 +205,9 @@ def test_an_unbuilt_kernel_names_the_fix():
 
 @pytest.mark.slow
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="x86-64 vector widths")
-@pytest.mark.parametrize("flags", [["-U__linux__"], ["-U__linux__", "-mavx2"]], ids=["sse2", "avx2"])
+@pytest.mark.parametrize(
+    "flags", [["-U__linux__"], ["-U__linux__", "-mavx2"]], ids=["sse2", "avx2"]
+)
 def test_each_vector_width_of_the_kernel_matches_numpy(tmp_path, flags):
     # The installed kernel runs the copy for this CPU's widest vectors only; without
     # __linux__ there is one copy, for the width the flags allow (SSE2 is x86-64's base).
@@ -270,9 +278,9 @@ def test_reduction_threads_follow_tensorflow_and_the_cores(monkeypatch):
     assert reduce.reduction_threads() == 1
 
 
-def numpy_sums(values: np.ndarray, shift: np.ndarray) -> reduce.Sums:
+def numpy_sums(values: np.ndarray, shift: np.ndarray) -> Sums:
     moments = numpy_moments(values, shift, BOUNDS)
-    return reduce.Sums(moments, shift.astype(np.float64), numpy_hist(values))
+    return Sums(moments, shift.astype(np.float64), numpy_hist(values))
 
 
 def test_sums_of_parts_with_their_own_shifts_add_up_to_the_whole():
@@ -291,10 +299,10 @@ def test_sums_of_parts_with_their_own_shifts_add_up_to_the_whole():
     for part, shift in zip(parts[1:], shifts[1:], strict=True):
         total = total.add(numpy_sums(part, shift))
     every = np.concatenate(parts).astype(np.float64).reshape(-1, 3)
-    n, s1, s2 = total.moments[:3]
+    n, s1, s2 = total.rows[:3]
     np.testing.assert_array_equal(n, len(every))
     np.testing.assert_allclose(total.shift + s1 / n, every.mean(0), rtol=1e-13)
     np.testing.assert_allclose((s2 - s1 * s1 / n) / n, every.var(0), rtol=1e-10)
-    np.testing.assert_array_equal(total.moments[3], every.min(0))
-    np.testing.assert_array_equal(total.moments[4], every.max(0))
+    np.testing.assert_array_equal(total.rows[3], every.min(0))
+    np.testing.assert_array_equal(total.rows[4], every.max(0))
     np.testing.assert_array_equal(total.hist, numpy_hist(np.concatenate(parts)))

@@ -37,8 +37,17 @@
 #define MULTIVERSION
 #endif
 
-/* Rows of the (11, units) output, in the order of reduce.STAT_NAMES. */
-enum { N, S1, S2, LOW, HIGH, POS, SAMPLE_POS, NANS, INFS, LOWER, UPPER, ROWS };
+/* Rows of the (ROWS, units) output: the enum used here and the names the module exports
+ * as `ROWS`, which keraslens/capture/stats.py's STATISTICS declares in the same order (a
+ * test checks that they agree). A new statistic is a line here and one there. */
+#define STAT_ROWS(X)                                                                        \
+    X(N, "n") X(S1, "s1") X(S2, "s2") X(LOW, "min") X(HIGH, "max") X(POS, "pos")            \
+    X(SAMPLE_POS, "sample_pos") X(NANS, "nan") X(INFS, "inf") X(LOWER, "lower")             \
+    X(UPPER, "upper")
+#define STAT_ENUM(id, name) id,
+#define STAT_NAME(id, name) name,
+enum { STAT_ROWS(STAT_ENUM) ROWS };
+static const char *const row_names[] = {STAT_ROWS(STAT_NAME)};
 
 typedef struct {
     Py_ssize_t samples, positions, units;
@@ -404,7 +413,7 @@ PyDoc_STRVAR(summarize_doc,
              "summarize(values, samples, positions, units, shift, find_shift, bounded, lower, "
              "upper, hist_samples, moments, hist, threads=1)\n\n"
              "Statistics of a C-contiguous float32 (samples, positions, units) buffer into the\n"
-             "float64 (11, units) `moments` and int64 (2048,) `hist` buffers, around the float32\n"
+             "float64 (len(ROWS), units) `moments` and int64 (2048,) `hist` buffers, around the float32\n"
              "`shift` (filled with each unit's first finite value when `find_shift`), split by\n"
              "samples over at most `threads` threads.");
 
@@ -460,4 +469,22 @@ static struct PyModuleDef module = {
     .m_doc = "keraslens' one-pass activation statistics.", .m_size = -1, .m_methods = methods,
 };
 
-PyMODINIT_FUNC PyInit__kernel(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__kernel(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    PyObject *names = PyTuple_New(ROWS);
+    if (names == NULL) goto fail;
+    for (Py_ssize_t r = 0; r < ROWS; r++) {
+        PyObject *name = PyUnicode_FromString(row_names[r]);
+        if (name == NULL) {
+            Py_DECREF(names);
+            goto fail;
+        }
+        PyTuple_SET_ITEM(names, r, name);
+    }
+    if (PyModule_AddObject(m, "ROWS", names) == 0) return m;
+    Py_DECREF(names);
+fail:
+    Py_DECREF(m);
+    return NULL;
+}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+import tensorflow as tf
 
 # Output range of bounded activations: a unit sitting at either end is saturated.
 BOUNDS: dict[str, tuple[float, float]] = {
@@ -55,8 +56,61 @@ def identify(layer: keras.layers.Layer) -> tuple[str | None, tuple[float, float]
     if isinstance(layer, layers.Softmax):
         return "softmax", BOUNDS["softmax"]
     cell = getattr(layer, "cell", None)
-    fn = getattr(cell, "activation", None) if cell is not None else getattr(layer, "activation", None)
+    fn = (
+        getattr(cell, "activation", None)
+        if cell is not None
+        else getattr(layer, "activation", None)
+    )
     name = _function_name(fn)
     if name == "relu" and getattr(fn, "keywords", {}).get("max_value") == 6:
         name = "relu6"
     return name, BOUNDS.get(name) if name else None
+
+
+# TensorFlow ops that apply an activation, by op type: what `keras.ops.relu`,
+# `keras.activations.sigmoid`, `tf.nn.tanh` and the like leave in a traced graph.
+_OPS = {
+    "Relu": "relu",
+    "Relu6": "relu6",
+    "LeakyRelu": "leaky_relu",
+    "Elu": "elu",
+    "Selu": "selu",
+    "Sigmoid": "sigmoid",
+    "Tanh": "tanh",
+    "Softmax": "softmax",
+    "Softplus": "softplus",
+    "Softsign": "softsign",
+}
+# Ops that pass a value through unchanged in range: a cast to a policy's dtype, an identity.
+_PASS_THROUGH = frozenset({"Identity", "Cast", "IdentityN"})
+
+
+def identify_output(
+    layer: keras.layers.Layer, output: tf.Tensor | None
+) -> tuple[str | None, tuple[float, float] | None]:
+    """`identify(layer)`, or, for a layer with no declared activation, the activation op
+    its traced `output` comes from.
+
+    A custom layer may apply its activation inside `call` (`keras.ops.relu(x)`); its
+    output tensor, while the capture traces the model, is then the output of a `Relu`
+    op. Only the op that produced the output counts: a `relu` followed by anything
+    else (a residual add) leaves the layer unbounded.
+    """
+    name, bounds = identify(layer)
+    if name not in (None, "linear") or output is None:
+        return name, bounds
+    op = _producer(output)
+    while op is not None and op.type in _PASS_THROUGH and op.inputs:
+        op = _producer(op.inputs[0])
+    found = _OPS.get(op.type) if op is not None else None
+    if found is None:
+        return name, bounds
+    return found, BOUNDS.get(found)
+
+
+def _producer(tensor: tf.Tensor):
+    """The graph op that produced `tensor`; None for an eager tensor."""
+    try:
+        return tensor.op
+    except AttributeError:  # eager tensors have no op
+        return None

@@ -16,7 +16,8 @@ def _is_array(value: Any) -> bool:
     return isinstance(value, np.ndarray) or tf.is_tensor(value)
 
 
-def _length(structure: Any) -> int:
+def sample_count(structure: Any) -> int:
+    """The number of samples of an array or a structure of arrays (they must agree)."""
     lengths = {int(np.shape(a)[0]) if np.ndim(a) else 0 for a in tf.nest.flatten(structure)}
     if len(lengths) != 1:
         raise KeraslensError(
@@ -26,7 +27,7 @@ def _length(structure: Any) -> int:
     return lengths.pop()
 
 
-def _x_of(element: Any) -> Any:
+def x_of(element: Any) -> Any:
     """Keras' convention: a dataset element is `x` or `(x, y[, sample_weight])`."""
     if isinstance(element, (tuple, list)) and 1 <= len(element) <= 3:
         return element[0]
@@ -52,9 +53,9 @@ def iterate_batches(
     if isinstance(data, tf.data.Dataset):
         return _from_dataset(data, batch_size, input_rank), None
     if isinstance(data, keras.utils.PyDataset):
-        return (_x_of(data[i]) for i in range(len(data))), None
-    structure = _arrays(data)
-    n = _length(structure)
+        return (x_of(data[i]) for i in range(len(data))), None
+    structure = as_arrays(data)
+    n = sample_count(structure)
 
     def batches() -> Iterator[Any]:
         for start in range(0, n, batch_size):
@@ -64,7 +65,8 @@ def iterate_batches(
     return batches(), n
 
 
-def _arrays(data: Any) -> Any:
+def as_arrays(data: Any) -> Any:
+    """`data` as an array, a dict or a tuple of arrays; a `KeraslensError` for anything else."""
     if _is_array(data):
         return data
     if isinstance(data, Mapping) and data and all(_is_array(v) for v in data.values()):
@@ -80,13 +82,13 @@ def _arrays(data: Any) -> Any:
 
 
 def _from_dataset(dataset: tf.data.Dataset, batch_size: int, input_rank: int | None):
-    spec = tf.nest.flatten(_x_of(dataset.element_spec))[0]
+    spec = tf.nest.flatten(x_of(dataset.element_spec))[0]
     # Keras' fit/predict take batched datasets; an element one rank short of the
     # model's input is a single sample, so batch it here.
     if input_rank is not None and spec.shape.rank == input_rank - 1:
         dataset = dataset.batch(batch_size)
     for element in without_autotune(dataset):
-        yield _x_of(element)
+        yield x_of(element)
 
 
 def without_autotune(dataset: tf.data.Dataset) -> tf.data.Dataset:

@@ -23,14 +23,24 @@ import tensorflow as tf
 
 from keraslens.capture import reduce
 from keraslens.capture.data import (
-    _arrays,
-    _length,
-    _x_of,
     arrange_inputs,
+    as_arrays,
+    sample_count,
     to_input_tensors,
     without_autotune,
+    x_of,
 )
-from keraslens.capture.stats import HIST_BINS, LayerStats
+from keraslens.capture.recorder import CallSite, Recorder, by_unit
+from keraslens.capture.stats import (
+    ADDED_ROWS,
+    HIST_BINS,
+    MAX_ROWS,
+    MIN_ROWS,
+    STATISTICS,
+    LayerStats,
+    Sums,
+    empty_rows,
+)
 from keraslens.errors import KeraslensError
 
 _CAPTURE_STRATEGY: list[tf.distribute.Strategy] = []
@@ -72,10 +82,11 @@ def current_strategy() -> tf.distribute.Strategy | None:
 
 @dataclass
 class _Accumulators:
-    """One call site's per-replica state: shift, moments (11, units), histogram, samples."""
+    """One call site's per-replica state: shift, rows (len(STATISTICS), units), histogram,
+    samples."""
 
     shift: tf.Variable
-    moments: tf.Variable
+    rows: tf.Variable
     hist: tf.Variable
     samples: tf.Variable
 
@@ -84,7 +95,7 @@ class DistributedCapture:
     """`Lens.capture` run by a `tf.distribute` strategy; built once per (lens, strategy).
 
     Args:
-        lens: the `Lens` whose layers and settings to use.
+        recorder: the `Recorder` of the lens, whose model, layers and settings to use.
         strategy: a `tf.distribute.Strategy` (`MirroredStrategy`,
             `MultiWorkerMirroredStrategy`, ...).
 
@@ -92,11 +103,11 @@ class DistributedCapture:
     contributed to cross-replica operations (the shift agreement and the merge).
     """
 
-    def __init__(self, lens: Any, strategy: tf.distribute.Strategy) -> None:
-        self.lens = lens
+    def __init__(self, recorder: Recorder, strategy: tf.distribute.Strategy) -> None:
+        self.recorder = recorder
         self.strategy = strategy
         self.exchanged_bytes = 0
-        self._sites: list = []
+        self._sites: list[CallSite] = []
         self._state: dict[str, _Accumulators] = {}
         run = strategy.run
         self._first_step = tf.function(lambda b: run(lambda x: self._replica_step(x, True), (b,)))
@@ -138,7 +149,7 @@ class DistributedCapture:
             make = data
             first = next(iter(data(tf.distribute.InputContext())), None)
         else:
-            elements, total = _sample_dataset(data, self.lens._input_rank())
+            elements, total = _sample_dataset(data, self.recorder.input_rank())
 
             def make(context: tf.distribute.InputContext) -> tf.data.Dataset:
                 per_replica = -(-batch_size // context.num_replicas_in_sync)
@@ -149,50 +160,41 @@ class DistributedCapture:
             first = next(iter(elements.batch(1)), None)
         if first is None:
             raise KeraslensError("The data is empty: there are no samples to capture.")
-        self._prepare(_x_of(first))
+        self._prepare(x_of(first))
         if self.strategy.extended._in_multi_worker_mode():  # each worker sees its own part
             total = None
         dataset = self.strategy.distribute_datasets_from_function(
-            lambda context: without_autotune(make(context).map(_x_of))
+            lambda context: without_autotune(make(context).map(x_of))
         )
         return dataset, total
 
     def _prepare(self, batch: Any) -> None:
         """Build the model, find the call sites and create their accumulators (once)."""
-        batch = self.lens._prepare(batch)
+        batch = self.recorder.prepare(batch)
         if self._state:
             return
-        found: list = []
-
-        def trace(x):
-            found.extend(site for site, _, _ in self.lens._record(x).values())
-            return tf.constant(0)
-
-        specs = tf.nest.map_structure(lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype), batch)
-        tf.function(trace).get_concrete_function(specs)
-        self._sites = found
-        self.lens.sites = found
+        self._sites = self.recorder.trace(batch)
         with self.strategy.scope():
-            self._state = {site.key: _accumulators(site.units) for site in found}
+            self._state = {site.key: _accumulators(site.units) for site in self._sites}
 
     # Replica functions ------------------------------------------------------------------
 
     def _replica_step(self, batch: Any, agree_shift: bool) -> None:
-        model = self.lens.model
+        model = self.recorder.model
         values = self._replica_values(to_input_tensors(model, arrange_inputs(model, batch)))
         if agree_shift:
             self._agree_shift(values)
         samples = tf.cast(tf.shape(tf.nest.flatten(batch)[0])[0], tf.float64)
+        recorder = self.recorder
         for site in self._sites:
             state = self._state[site.key]
-            bounds = None
-            if site.bounds is not None:
-                eps = self.lens.epsilon
-                bounds = (site.bounds[0] + eps, site.bounds[1] - eps)
-            moments, _, hist = reduce.batch_summary(
-                values[site.key], bounds, self.lens.histogram_samples, state.shift.read_value()
+            rows, _, hist = reduce.batch_summary(
+                values[site.key],
+                recorder.widened(site.bounds),
+                recorder.histogram_samples,
+                state.shift.read_value(),
             )
-            state.moments.assign(_accumulate(state.moments.read_value(), moments))
+            state.rows.assign(_accumulate(state.rows.read_value(), rows))
             state.hist.assign_add(tf.cast(hist, tf.float64))
             state.samples.assign_add(samples)
 
@@ -206,8 +208,7 @@ class DistributedCapture:
         """
 
         def run() -> dict[str, tf.Tensor]:
-            recorded = self.lens._record(x)
-            return {key: _by_unit(t, site.units) for key, (site, t, _) in recorded.items()}
+            return {key: by_unit(t) for key, (_, t, _) in self.recorder.record(x).items()}
 
         def skip() -> dict[str, tf.Tensor]:
             return {site.key: tf.zeros([0, 1, site.units]) for site in self._sites}
@@ -232,19 +233,23 @@ class DistributedCapture:
             start += 2 * units
 
     def _replica_partials(self) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        """This replica's sums (one flat vector), extremes (1, 2 * units) and shifts."""
+        """This replica's sums (one flat vector), extremes (1, extreme rows * units), shifts.
+
+        Every replica sums around the same shift, so the added rows merge by an all-reduce
+        sum; the minima are negated, so that one gather and a maximum merge every extreme.
+        """
         sums, extremes, shifts = [], [], []
         for state in self._state.values():
-            moments = state.moments.read_value()
-            sums += [tf.reshape(tf.gather(moments, reduce.SUMMED_ROWS), [-1]), state.hist.read_value()]
+            rows = state.rows.read_value()
+            sums += [tf.reshape(tf.gather(rows, ADDED_ROWS), [-1]), state.hist.read_value()]
             sums.append(state.samples.read_value()[None])
-            extremes += [-moments[3], moments[4]]
+            extremes += [-rows[i] for i in MIN_ROWS] + [rows[i] for i in MAX_ROWS]
             shifts.append(state.shift.read_value())
         return tf.concat(sums, 0), tf.concat(extremes, 0)[None], tf.concat(shifts, 0)
 
     def _replica_reset(self) -> None:
         for state in self._state.values():
-            state.moments.assign(_empty_moments(state.moments.shape[1]))
+            state.rows.assign(empty_rows(state.rows.shape[1]))
             state.hist.assign(tf.zeros_like(state.hist))
             state.samples.assign(tf.zeros_like(state.samples))
 
@@ -252,8 +257,6 @@ class DistributedCapture:
 
     def _merge(self) -> dict[str, LayerStats]:
         """All-reduce the sums, gather the extremes, and turn them into `LayerStats`."""
-        from keraslens.capture.lens import _layer_stats
-
         sums, extremes, shifts = self._partials()
         local_sums = self.strategy.experimental_local_results(sums)[0]
         local_extremes = self.strategy.experimental_local_results(extremes)[0]
@@ -264,17 +267,20 @@ class DistributedCapture:
         total = self.strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None).numpy()
         highest = self.strategy.gather(extremes, axis=0).numpy().max(axis=0)
         shift = self.strategy.experimental_local_results(shifts)[0].numpy()
-        summed = _pieces(total, [n for u in units for n in (9 * u, HIST_BINS, 1)])
-        extreme = _pieces(highest, [u for u in units for _ in range(2)])
+        added, lowest, highest_rows = len(ADDED_ROWS), list(MIN_ROWS), list(MAX_ROWS)
+        summed = _pieces(total, [n for u in units for n in (added * u, HIST_BINS, 1)])
+        extreme = _pieces(highest, [(len(lowest) + len(highest_rows)) * u for u in units])
         shifts_by_site = _pieces(shift, units)
         stats = {}
         for site in self._sites:
-            moments = np.empty((len(reduce.STAT_NAMES), site.units))
-            moments[list(reduce.SUMMED_ROWS)] = next(summed).reshape(9, site.units)
+            rows = np.empty((len(STATISTICS), site.units))
+            rows[list(ADDED_ROWS)] = next(summed).reshape(added, site.units)
             hist, samples = next(summed), int(round(next(summed)[0]))
-            moments[3], moments[4] = -next(extreme), next(extreme)
-            sums = reduce.Sums(moments, next(shifts_by_site).astype(np.float64), hist)
-            stats[site.key] = _layer_stats(site, sums, samples, self.lens.epsilon)
+            extremes = next(extreme).reshape(-1, site.units)
+            rows[lowest], rows[highest_rows] = -extremes[: len(lowest)], extremes[len(lowest) :]
+            sums = Sums(rows, next(shifts_by_site).astype(np.float64), hist)
+            describe = site.describe(self.recorder.epsilon)
+            stats[site.key] = LayerStats.from_sums(sums, samples, **describe)
         if not stats or next(iter(stats.values())).samples == 0:
             raise KeraslensError("The data is empty: there are no samples to capture.")
         return stats
@@ -288,8 +294,8 @@ def _pieces(vector: np.ndarray, sizes: list[int]):
 def _sample_dataset(data: Any, input_rank: int | None) -> tuple[tf.data.Dataset, int | None]:
     """`data` as a dataset of single samples (model inputs only), and its size when known."""
     if isinstance(data, tf.data.Dataset):
-        spec = tf.nest.flatten(_x_of(data.element_spec))[0]
-        data = data.map(_x_of)
+        spec = tf.nest.flatten(x_of(data.element_spec))[0]
+        data = data.map(x_of)
         if input_rank is None or spec.shape.rank != input_rank - 1:
             data = data.unbatch()
         return data, None
@@ -298,8 +304,8 @@ def _sample_dataset(data: Any, input_rank: int | None) -> tuple[tf.data.Dataset,
             f"Distributed capture reads arrays and tf.data datasets, got {type(data).__name__}; "
             "wrap it in a tf.data.Dataset (e.g. Dataset.from_generator)."
         )
-    structure = _arrays(data)
-    return tf.data.Dataset.from_tensor_slices(structure), _length(structure)
+    structure = as_arrays(data)
+    return tf.data.Dataset.from_tensor_slices(structure), sample_count(structure)
 
 
 def _accumulators(units: int) -> _Accumulators:
@@ -313,26 +319,16 @@ def _accumulators(units: int) -> _Accumulators:
 
     return _Accumulators(
         shift=variable(tf.zeros(units, tf.float32)),
-        moments=variable(_empty_moments(units)),
+        rows=variable(empty_rows(units)),
         hist=variable(tf.zeros(HIST_BINS, tf.float64)),
         samples=variable(tf.zeros((), tf.float64)),
     )
 
 
-def _empty_moments(units: int) -> tf.Tensor:
-    rows = [tf.zeros(units, tf.float64)] * len(reduce.STAT_NAMES)
-    rows[3] = tf.fill([units], tf.constant(np.inf, tf.float64))
-    rows[4] = -rows[3]
-    return tf.stack(rows)
-
-
-def _by_unit(tensor: tf.Tensor, units: int) -> tf.Tensor:
-    values = tf.cast(tensor, tf.float32)
-    return tf.reshape(values, [tf.shape(values)[0], -1, units])
+_ROW_MERGES = np.array([s.merge for s in STATISTICS])[:, None]
 
 
 def _accumulate(total: tf.Tensor, part: tf.Tensor) -> tf.Tensor:
-    summed = total + part
-    low = tf.minimum(total[3:4], part[3:4])
-    high = tf.maximum(total[4:5], part[4:5])
-    return tf.concat([summed[:3], low, high, summed[5:]], 0)
+    """`total` and `part` rows merged row by row (both around the same shift)."""
+    merged = tf.where(_ROW_MERGES == "min", tf.minimum(total, part), total + part)
+    return tf.where(_ROW_MERGES == "max", tf.maximum(total, part), merged)

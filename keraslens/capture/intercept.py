@@ -58,7 +58,9 @@ def record_calls(
         for layer in layers:
             own = layer.__dict__.get("call")
             originals.append((layer, own))
-            object.__setattr__(layer, "call", _recording(layer, record[id(layer)], summarize, previous, graph))
+            object.__setattr__(
+                layer, "call", _recording(layer, record[id(layer)], summarize, previous, graph)
+            )
         yield record
     finally:
         for layer, own in originals:
@@ -75,7 +77,9 @@ def _recording(
     previous: list,
     graph: tf.Graph | None,
 ):
-    call = type(layer).call.__get__(layer) if "call" not in layer.__dict__ else layer.__dict__["call"]
+    call = (
+        type(layer).call.__get__(layer) if "call" not in layer.__dict__ else layer.__dict__["call"]
+    )
 
     def call_and_record(*args, **kwargs):
         outputs = call(*args, **kwargs)

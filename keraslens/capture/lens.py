@@ -2,43 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
-import re
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from keraslens.capture import distributed, reduce
-from keraslens.capture.activations import identify
-from keraslens.capture.data import (
-    arrange_inputs,
-    check_inputs,
-    iterate_batches,
-    to_input_tensors,
-)
-from keraslens.capture.intercept import Summarize, has_units, record_calls
-from keraslens.capture.stats import LayerStats
+from keraslens.capture import distributed
+from keraslens.capture.data import iterate_batches
+from keraslens.capture.recorder import CallSite, recorder_for
+from keraslens.capture.stats import LayerStats, Sums
 from keraslens.capture.traversal import LayerSelector, select
 from keraslens.errors import KeraslensError
 
 Progress = Callable[[int, "int | None"], None]
-
-
-@dataclass(frozen=True)
-class CallSite:
-    """One call of a captured layer in the forward pass."""
-
-    key: str
-    path: str
-    layer: keras.layers.Layer
-    activation: str | None
-    bounds: tuple[float, float] | None
-    shape: tuple[int | None, ...]
-    units: int
 
 
 class Lens:
@@ -96,10 +74,14 @@ class Lens:
         self.epsilon = float(epsilon)
         self.histogram_samples = histogram_samples
         self.layers = select(model, layers)
-        self.sites: list[CallSite] = []
-        self._stats_step = tf.function(self._forward_stats)
-        self._activations_step = tf.function(self._forward_activations)
-        self._distributed_capture = None
+        # Shared by every Lens on this model, layers and settings: no second trace.
+        self.recorder = recorder_for(model, self.layers, self.epsilon, histogram_samples)
+        self._distributed_capture: distributed.DistributedCapture | None = None
+
+    @property
+    def sites(self) -> list[CallSite]:
+        """The call sites of the last capture (empty before the first)."""
+        return self.recorder.sites
 
     @property
     def paths(self) -> list[str]:
@@ -122,8 +104,9 @@ class Lens:
             progress: called as `progress(samples_done, total_or_None)` after each batch.
             strategy: a `tf.distribute.Strategy` to run the capture on (`MirroredStrategy`,
                 `MultiWorkerMirroredStrategy`); None: the one of an enclosing
-                `capture_strategy(...)` block or `strategy.scope()`, if any. Distributed, `batch_size` is the global batch
-                and datasets are re-batched (see docs/scale.md).
+                `capture_strategy(...)` block or `strategy.scope()`, if any. Distributed,
+                `batch_size` is the global batch and datasets are re-batched (see
+                docs/scale.md).
 
         Returns:
             A dict from layer path (`path@i` for the i-th call of a shared layer)
@@ -132,206 +115,47 @@ class Lens:
         strategy = strategy or distributed.current_strategy()
         if strategy is not None:
             return self._distributed(strategy).capture(data, batch_size, progress)
-        batches, total = iterate_batches(data, batch_size, self._input_rank())
-        sums: dict[str, reduce.Sums] = {}
+        recorder = self.recorder
+        batches, total = iterate_batches(data, batch_size, recorder.input_rank())
+        sums: dict[str, Sums] = {}
+        sites: list[CallSite] = []
         done = 0
         for batch in batches:
-            batch = self._prepare(batch)
+            batch = recorder.prepare(batch)
             size = int(tf.nest.flatten(batch)[0].shape[0])
             if size == 0:  # nothing to add, and oneDNN's fused convolutions fail on it
                 continue
-            with _running(self.model, batch):
-                outputs = _traced(self._stats_step, batch)
-            for site in self.sites:
-                part = reduce.Sums(*(t.numpy() for t in outputs[site.key]))
+            sites, outputs = recorder.summaries(batch)
+            for site in sites:
+                part = Sums(*(t.numpy() for t in outputs[site.key]))
                 sums[site.key] = sums[site.key].add(part) if site.key in sums else part
             done += size
             if progress is not None:
                 progress(done, total)
         if done == 0:
             raise KeraslensError("The data is empty: there are no samples to capture.")
-        return {site.key: _layer_stats(site, sums[site.key], done, self.epsilon) for site in self.sites}
+        return {
+            site.key: LayerStats.from_sums(sums[site.key], done, **site.describe(self.epsilon))
+            for site in sites
+        }
 
     def _distributed(self, strategy: tf.distribute.Strategy) -> distributed.DistributedCapture:
         if self._distributed_capture is None or self._distributed_capture.strategy is not strategy:
-            self._distributed_capture = distributed.DistributedCapture(self, strategy)
+            self._distributed_capture = distributed.DistributedCapture(self.recorder, strategy)
         return self._distributed_capture
+
+    def input_rank(self) -> int | None:
+        """The rank (batch axis included) of the model's first input, when it is known."""
+        return self.recorder.input_rank()
 
     def activations(self, x: Any) -> dict[str, np.ndarray]:
         """Raw activations of a small batch, as a dict from call-site key to array.
 
         Meant for a few samples (per-sample maps); use `capture` for statistics.
         """
-        batch = next(iter(iterate_batches(x, 1 << 30, self._input_rank())[0]), None)
+        recorder = self.recorder
+        batch = next(iter(iterate_batches(x, 1 << 30, recorder.input_rank())[0]), None)
         if batch is None or int(tf.nest.flatten(batch)[0].shape[0]) == 0:
             raise KeraslensError("The data is empty: there are no samples to record.")
-        batch = self._prepare(batch)
-        with _running(self.model, batch):
-            recorded = _traced(self._activations_step, batch)
+        recorded = recorder.activations(recorder.prepare(batch))
         return {key: value.numpy() for key, value in recorded.items()}
-
-    def _input_rank(self) -> int | None:
-        try:
-            inputs = self.model.inputs
-        except (AttributeError, ValueError):
-            inputs = None
-        if inputs:
-            return len(inputs[0].shape)
-        # A built subclassed model has no symbolic inputs; Keras keeps the shape it was
-        # built with (`Layer._build_shapes_dict`), which is all an input rank needs.
-        build_shapes = getattr(self.model, "_build_shapes_dict", None) or {}
-        built_with = next(iter(build_shapes.values()), None)
-        if isinstance(built_with, (tuple, list)) and all(
-            d is None or isinstance(d, int) for d in built_with
-        ):
-            return len(built_with)
-        return None
-
-    def _prepare(self, batch: Any) -> Any:
-        batch = arrange_inputs(self.model, batch)
-        check_inputs(self.model, batch)
-        batch = to_input_tensors(self.model, batch)
-        if not self.model.built and int(tf.nest.flatten(batch)[0].shape[0]) > 0:
-            self._run_eagerly_once(tf.nest.map_structure(lambda t: t[:1], batch))
-        return batch
-
-    def _run_eagerly_once(self, batch: Any) -> None:
-        with _running(self.model, batch):
-            self.model(batch, training=False)
-
-    def _record(
-        self, x: Any, summarize: Summarize | None = None
-    ) -> dict[str, tuple[CallSite, tf.Tensor, Any]]:
-        """Run the model on `x`, recording each call site's output and its summary."""
-        layers = [layer for _, layer in self.layers]
-        with record_calls(layers, summarize) as record, _running(self.model, x):
-            self.model(x, training=False)
-        sites: dict[str, tuple[CallSite, tf.Tensor, Any]] = {}
-        for path, layer in self.layers:
-            calls = [(t, s) for t, s in record[id(layer)] if has_units(t)]
-            for index, (tensor, summary) in enumerate(calls):
-                key = path if len(calls) == 1 else f"{path}@{index}"
-                activation, bounds = identify(layer)
-                site = CallSite(
-                    key=key,
-                    path=path,
-                    layer=layer,
-                    activation=activation,
-                    bounds=bounds,
-                    shape=tuple(tensor.shape[1:]),
-                    units=int(tensor.shape[-1]),
-                )
-                sites[key] = (site, tensor, summary)
-        if not sites:
-            raise KeraslensError(
-                f"None of the selected layers of {self.model.name!r} produced a floating-point "
-                "output with a units axis; select other layers."
-            )
-        return sites
-
-    def _forward_stats(self, x: Any) -> dict[str, tuple[tf.Tensor, tf.Tensor, tf.Tensor]]:
-        recorded = self._record(x, self._summarize)
-        self.sites = [site for site, _, _ in recorded.values()]
-        return {key: summary for key, (_, _, summary) in recorded.items()}
-
-    def _summarize(self, layer: keras.layers.Layer, tensor: tf.Tensor):
-        """One call's batch statistics: (moments, shift, histogram)."""
-        values = tf.cast(tensor, tf.float32)
-        values = tf.reshape(values, [tf.shape(values)[0], -1, int(tensor.shape[-1])])
-        _, bounds = identify(layer)
-        if bounds is not None:
-            bounds = (bounds[0] + self.epsilon, bounds[1] - self.epsilon)
-        return reduce.batch_summary(values, bounds, self.histogram_samples)
-
-    def _forward_activations(self, x: Any) -> dict[str, tf.Tensor]:
-        return {key: tensor for key, (_, tensor, _) in self._record(x).items()}
-
-
-@contextlib.contextmanager
-def _running(model: keras.Model, x: Any) -> Iterator[None]:
-    """Within the block, an error of `model` on `x` becomes a `KeraslensError` naming both."""
-    try:
-        yield
-    except KeraslensError:
-        raise
-    except Exception as error:  # Keras and TensorFlow raise many types for a bad input.
-        shapes = [tuple(t.shape) for t in tf.nest.flatten(x)]
-        raise KeraslensError(
-            f"Model {model.name!r} could not run on inputs of shape {shapes}: {_reason(error)}"
-        ) from error
-
-
-_NOISE = (
-    "File ",
-    "[[",
-    "Graph execution error",
-    "Detected at node",
-    "Stack trace",
-    "Exception encountered when calling",
-    "in user code",
-)
-
-
-def _reason(error: Exception) -> str:
-    """The line of a Keras or TensorFlow error message that says what went wrong.
-
-    Keras adds the call's arguments after it, TensorFlow the Python frames and graph
-    nodes around it; both colour their text for terminals.
-    """
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).split("Arguments received")[0]
-    lines = [line.strip() for line in text.splitlines()]
-    useful = [line for line in lines if line and not line.startswith(_NOISE)]
-    return useful[-1][:400] if useful else type(error).__name__
-
-
-def _traced(step: Callable, batch: Any) -> Any:
-    """`step(batch)`, re-raising a `KeraslensError` from its trace as itself.
-
-    Autograph wraps an exception raised while tracing in a `StagingError` unless the
-    exception's type is one it knows, which would hide the message meant for the user.
-    """
-    try:
-        return step(batch)
-    except KeraslensError:
-        raise
-    except Exception as error:
-        cause = error.__cause__ or error.__context__
-        if isinstance(cause, KeraslensError):
-            raise cause from cause.__cause__
-        raise
-
-
-def _layer_stats(site: CallSite, sums: reduce.Sums, samples: int, epsilon: float) -> LayerStats:
-    """The `LayerStats` of one call site from its sums over `samples` samples."""
-    moments = sums.moments
-    n, s1, s2 = moments[0], moments[1], moments[2]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(n > 0, sums.shift + s1 / np.maximum(n, 1), 0.0)
-        m2 = np.where(n > 0, np.maximum(s2 - s1 * s1 / np.maximum(n, 1), 0.0), 0.0)
-    return LayerStats(
-        path=site.key,
-        layer_type=type(site.layer).__name__,
-        activation=site.activation,
-        bounds=site.bounds,
-        epsilon=epsilon,
-        shape=site.shape,
-        units=site.units,
-        samples=samples,
-        count=_as_count(n + moments[7] + moments[8]),
-        finite_count=_as_count(n),
-        mean=mean,
-        m2=m2,
-        min=moments[3],
-        max=moments[4],
-        positive_count=_as_count(moments[5]),
-        sample_positive_count=_as_count(moments[6]),
-        nan_count=_as_count(moments[7]),
-        inf_count=_as_count(moments[8]),
-        lower_count=_as_count(moments[9]),
-        upper_count=_as_count(moments[10]),
-        hist_counts=sums.hist.astype(np.int64),
-    )
-
-
-def _as_count(row: np.ndarray) -> np.ndarray:
-    return np.rint(row).astype(np.int64)

@@ -1,20 +1,137 @@
-"""Per-unit statistics of one layer: a mergeable accumulator.
+"""Per-unit statistics of one layer: the schema of the capture's rows and `LayerStats`.
 
 A unit is the last axis of a layer's output (a Dense unit, a conv channel);
 spatial positions and sequence steps pool into their unit.
+
+`STATISTICS` declares, once, each per-unit row the capture kernel (`_kernel.c`)
+computes: its name, how two parts of the data merge, and the `LayerStats` field it
+fills. The kernel's buffers, the merges (`Sums.add`, `LayerStats.merge`, the
+distributed capture's all-reduce) and `LayerStats`'s fields all follow from it.
+Adding a statistic is a row in the kernel, a `Statistic` here and its field below.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
 from keraslens.errors import KeraslensError
+from keraslens.jsonable import to_jsonable
 
 HIST_BINS = 2048
 _FINITE_MAGNITUDES = 1020  # float32 exponent 255 (inf, NaN) starts at bucket 1020
+
+Merge = Literal["sum", "shifted", "min", "max"]
+"""How a row of two parts of the data merges: `sum` adds; `shifted` is a sum of
+powers of `x - shift`, which adds once both parts are moved to one shift; `min` and
+`max` keep the extreme."""
+
+
+@dataclass(frozen=True)
+class Statistic:
+    """One per-unit row of the capture kernel's output.
+
+    Args:
+        name: the row's name, as the kernel exports it (`_kernel.ROWS`).
+        merge: how the row merges over parts of the data (see `Merge`).
+        field: the `LayerStats` field the row fills.
+    """
+
+    name: str
+    merge: Merge
+    field: str
+
+
+STATISTICS: tuple[Statistic, ...] = (
+    Statistic("n", "sum", "finite_count"),
+    Statistic("s1", "shifted", "mean"),  # sum of (x - shift) over finite x
+    Statistic("s2", "shifted", "m2"),  # sum of (x - shift)^2 over finite x
+    Statistic("min", "min", "min"),
+    Statistic("max", "max", "max"),
+    Statistic("pos", "sum", "positive_count"),
+    Statistic("sample_pos", "sum", "sample_positive_count"),
+    Statistic("nan", "sum", "nan_count"),
+    Statistic("inf", "sum", "inf_count"),
+    Statistic("lower", "sum", "lower_count"),
+    Statistic("upper", "sum", "upper_count"),
+)
+"""The kernel's rows, in its order (`_kernel.ROWS`)."""
+
+STAT_NAMES = tuple(s.name for s in STATISTICS)
+ROW = {s.name: i for i, s in enumerate(STATISTICS)}
+"""The index of each row, by name."""
+
+ADDED_ROWS = tuple(i for i, s in enumerate(STATISTICS) if s.merge in ("sum", "shifted"))
+"""Rows that parts sharing one shift merge by adding."""
+
+MIN_ROWS = tuple(i for i, s in enumerate(STATISTICS) if s.merge == "min")
+MAX_ROWS = tuple(i for i, s in enumerate(STATISTICS) if s.merge == "max")
+
+COUNT_FIELDS = ("count", *(s.field for s in STATISTICS if s.merge == "sum"))
+"""The per-unit integer counts of a `LayerStats`, which merge by addition: `count`
+(every output: finite, NaN or Inf) and the fields of the summed rows."""
+
+_EXTREME_FIELDS = {s.field: s.merge for s in STATISTICS if s.merge in ("min", "max")}
+
+
+def empty_rows(units: int) -> np.ndarray:
+    """The rows of no data at all: 0, and +inf or -inf for the minima and maxima."""
+    rows = np.zeros((len(STATISTICS), units))
+    rows[list(MIN_ROWS)] = np.inf
+    rows[list(MAX_ROWS)] = -np.inf
+    return rows
+
+
+def combine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Rows of two parts that share one shift, merged row by row."""
+    merged = a + b
+    merged[list(MIN_ROWS)] = np.minimum(a[list(MIN_ROWS)], b[list(MIN_ROWS)])
+    merged[list(MAX_ROWS)] = np.maximum(a[list(MAX_ROWS)], b[list(MAX_ROWS)])
+    return merged
+
+
+class Sums(NamedTuple):
+    """One call site's kernel outputs, over one batch or several.
+
+    `rows` holds the float64 `(len(STATISTICS), units)` rows, the `shifted` ones
+    around `shift` (float64, per unit); `hist` the int64 layer histogram.
+    """
+
+    rows: np.ndarray
+    shift: np.ndarray
+    hist: np.ndarray
+
+    def add(self, other: Sums) -> Sums:
+        """Both parts together, their shifted sums moved (in float64) to the mean of both.
+
+        Moving to the mean so far, not to a fixed shift, is Chan et al.'s merge in the
+        form of shifted sums: a far first shift costs digits once, not at every batch.
+        Unlike a `LayerStats.merge` per batch it builds nothing, which keeps a capture's
+        Python work per batch small.
+        """
+        n = self.rows[ROW["n"]] + other.rows[ROW["n"]]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            total = _total(self) + _total(other)
+            shift = np.where(n > 0, total / np.maximum(n, 1), self.shift)
+        rows = combine_rows(_moved(self, shift), _moved(other, shift))
+        return Sums(rows, shift, self.hist + other.hist)
+
+
+def _total(part: Sums) -> np.ndarray:
+    return part.shift * part.rows[ROW["n"]] + part.rows[ROW["s1"]]
+
+
+def _moved(part: Sums, shift: np.ndarray) -> np.ndarray:
+    """`part`'s rows with its shifted sums taken around `shift` instead of its own."""
+    d = part.shift - shift
+    n, s1, s2 = part.rows[ROW["n"]], part.rows[ROW["s1"]], part.rows[ROW["s2"]]
+    rows = part.rows.copy()
+    rows[ROW["s1"]] = s1 + n * d
+    rows[ROW["s2"]] = s2 + d * (2.0 * s1 + n * d)
+    return rows
 
 
 def _magnitude_edges() -> np.ndarray:
@@ -35,17 +152,13 @@ def histogram_edges() -> np.ndarray:
     return np.concatenate([-padded[:0:-1], [0.0], padded[1:]])
 
 
-COUNT_FIELDS = (
-    "count",
-    "finite_count",
-    "positive_count",
-    "sample_positive_count",
-    "nan_count",
-    "inf_count",
-    "lower_count",
-    "upper_count",
-)
-"""The per-unit integer counts of a `LayerStats`, which merge by addition."""
+BAND_SIGMAS = (-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5)
+"""Percentiles of a distribution band, at the normal CDF of these sigmas, as TensorBoard's
+Distributions dashboard draws them (0.0668, 0.1587, 0.3085, 0.5, 0.6915, 0.8413, 0.9332)."""
+
+BAND_KEYS = ("min", "p-1.5", "p-1", "p-0.5", "p0", "p+0.5", "p+1", "p+1.5", "max")
+"""The keys of `LayerStats.band()`: the layer's minimum, the `BAND_SIGMAS` percentiles
+and its maximum."""
 
 
 @dataclass
@@ -60,6 +173,13 @@ class LayerStats:
     `histogram_edges()`.
 
     `a.merge(b)` equals one pass over both parts (Chan et al., 1979, for `var`).
+
+    Example:
+
+    >>> stats = LayerStats("dense", "Dense", "relu", None, 0.01, (2,), 2, samples=4,
+    ...                    finite_count=np.array([4, 4]), positive_count=np.array([4, 0]))
+    >>> stats.merge(stats).positive_count.tolist()
+    [8, 0]
     """
 
     path: str
@@ -84,18 +204,44 @@ class LayerStats:
     upper_count: np.ndarray = field(default=None)  # type: ignore[assignment]
     hist_counts: np.ndarray = field(default=None)  # type: ignore[assignment]
 
-    _COUNTS = COUNT_FIELDS
-
     def __post_init__(self) -> None:
         units = self.units
-        for name in self._COUNTS:
+        for name in COUNT_FIELDS:
             if getattr(self, name) is None:
                 setattr(self, name, np.zeros(units, np.int64))
-        for name, fill in (("mean", 0.0), ("m2", 0.0), ("min", np.inf), ("max", -np.inf)):
+        fills = {"mean": 0.0, "m2": 0.0}
+        fills.update(
+            {name: np.inf if rule == "min" else -np.inf for name, rule in _EXTREME_FIELDS.items()}
+        )
+        for name, fill in fills.items():
             if getattr(self, name) is None:
                 setattr(self, name, np.full(units, fill, np.float64))
         if self.hist_counts is None:
             self.hist_counts = np.zeros(HIST_BINS, np.int64)
+
+    @classmethod
+    def from_sums(cls, sums: Sums, samples: int, **site: Any) -> LayerStats:
+        """The statistics of one call site from its kernel `sums` over `samples` samples.
+
+        Args:
+            sums: the call site's rows, shift and histogram.
+            samples: how many samples the sums cover.
+            **site: the fields that describe the call site (`path`, `layer_type`,
+                `activation`, `bounds`, `epsilon`, `shape`, `units`).
+        """
+        rows = sums.rows
+        n, s1, s2 = rows[ROW["n"]], rows[ROW["s1"]], rows[ROW["s2"]]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(n > 0, sums.shift + s1 / np.maximum(n, 1), 0.0)
+            m2 = np.where(n > 0, np.maximum(s2 - s1 * s1 / np.maximum(n, 1), 0.0), 0.0)
+        values: dict[str, np.ndarray] = {"mean": mean, "m2": m2}
+        for statistic, row in zip(STATISTICS, rows, strict=True):
+            if statistic.merge == "sum":
+                values[statistic.field] = np.rint(row).astype(np.int64)
+            elif statistic.merge in ("min", "max"):
+                values[statistic.field] = row
+        values["count"] = values["finite_count"] + values["nan_count"] + values["inf_count"]
+        return cls(**site, samples=samples, hist_counts=sums.hist.astype(np.int64), **values)
 
     @property
     def var(self) -> np.ndarray:
@@ -134,6 +280,27 @@ class LayerStats:
         total = self.hist_counts.sum()
         return float(self.hist_counts[1023:1025].sum() / total) if total else float("nan")
 
+    def pooled(self) -> tuple[float, float]:
+        """Mean and standard deviation of all of the layer's finite outputs together.
+
+        The pooled variance is the within-unit spread plus the spread of the unit means;
+        both are NaN when the layer has no finite output.
+        """
+        n = self.finite_count.astype(np.float64)
+        total = n.sum()
+        if total == 0:
+            return math.nan, math.nan
+        mean = float((self.mean * n).sum() / total)
+        m2 = self.m2.sum() + (n * (self.mean - mean) ** 2).sum()
+        return mean, float(math.sqrt(m2 / total))
+
+    def value_range(self) -> tuple[float, float] | None:
+        """The smallest and largest finite output of the layer, or None if it has none."""
+        finite = self.finite_count > 0
+        if not finite.any():
+            return None
+        return float(self.min[finite].min()), float(self.max[finite].max())
+
     def histogram(self) -> tuple[np.ndarray, np.ndarray]:
         """Counts and edges of the non-empty span of the layer histogram."""
         nonzero = np.flatnonzero(self.hist_counts)
@@ -142,6 +309,50 @@ class LayerStats:
             return np.zeros(0, np.int64), np.zeros(0)
         lo, hi = nonzero[0], nonzero[-1] + 1
         return self.hist_counts[lo:hi].copy(), edges[lo : hi + 1].copy()
+
+    def band(self) -> dict[str, float] | None:
+        """The layer's distribution band: min, the `BAND_SIGMAS` percentiles and max.
+
+        Percentiles are interpolated linearly inside the histogram bucket that holds
+        them, the buckets clipped to the layer's true range. None without data.
+        """
+        cdf = self._cdf()
+        if cdf is None or cdf[0][-1] == 0:
+            return None
+        cumulative, edges, (low_end, high_end) = cdf
+        quantiles = [0.5 * (1 + math.erf(s / math.sqrt(2))) for s in BAND_SIGMAS]
+        targets = np.array(quantiles) * cumulative[-1]
+        # The first bucket whose cumulative count reaches the target; linear inside it.
+        index = np.clip(np.searchsorted(cumulative, targets, side="left"), 1, len(cumulative) - 1)
+        below, above = cumulative[index - 1], cumulative[index]
+        fraction = np.where(
+            above > below, (targets - below) / np.maximum(above - below, 1e-300), 0.0
+        )
+        values = edges[index - 1] + fraction * (edges[index] - edges[index - 1])
+        return dict(zip(BAND_KEYS, [low_end, *values.tolist(), high_end], strict=True))
+
+    def rebinned(self, bins: int) -> np.ndarray | None:
+        """The layer histogram in `bins` equal buckets over its range: rows (left, right,
+        count); one row when every output is equal; None without data."""
+        cdf = self._cdf()
+        if cdf is None:
+            return None
+        cumulative, edges, (low_end, high_end) = cdf
+        if low_end == high_end:
+            return np.array([[low_end, high_end, cumulative[-1]]])
+        bounds = np.linspace(low_end, high_end, bins + 1)
+        counts = np.diff(np.interp(bounds, edges, cumulative))
+        return np.stack([bounds[:-1], bounds[1:], counts], axis=1)
+
+    def _cdf(self) -> tuple[np.ndarray, np.ndarray, tuple[float, float]] | None:
+        """Cumulative counts at the histogram edges, the edges clipped to the layer's range,
+        and that range."""
+        span = self.value_range()
+        if span is None:
+            return None
+        counts, edges = self.histogram()
+        cumulative = np.concatenate([[0], np.cumsum(counts)]).astype(np.float64)
+        return cumulative, np.clip(edges, *span), span
 
     def merge(self, other: LayerStats) -> LayerStats:
         """Return the statistics of both parts together (neither input changes)."""
@@ -163,18 +374,17 @@ class LayerStats:
             samples=self.samples + other.samples,
             mean=np.where(n > 0, mean, 0.0),
             m2=np.where(n > 0, m2, 0.0),
-            min=np.minimum(self.min, other.min),
-            max=np.maximum(self.max, other.max),
             hist_counts=self.hist_counts + other.hist_counts,
         )
-        for name in self._COUNTS:
+        for name, rule in _EXTREME_FIELDS.items():
+            keep = np.minimum if rule == "min" else np.maximum
+            merged[name] = keep(getattr(self, name), getattr(other, name))
+        for name in COUNT_FIELDS:
             merged[name] = getattr(self, name) + getattr(other, name)
         return LayerStats(**merged)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-Python form: per-unit lists and the non-empty histogram span."""
-        from keraslens.plugin import to_jsonable
-
         counts, edges = self.histogram()
         finite = self.finite_count > 0
         out = {
@@ -194,7 +404,7 @@ class LayerStats:
             "sample_firing_rate": self.sample_firing_rate,
             "histogram": {"counts": counts, "edges": edges},
         }
-        for name in self._COUNTS:
+        for name in COUNT_FIELDS:
             out[name] = getattr(self, name)
         return to_jsonable(out)
 
