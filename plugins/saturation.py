@@ -9,6 +9,7 @@ import numpy as np
 from keraslens_plugins import _common
 
 from keraslens.capture import LayerStats
+from keraslens.capture.activations import RELU_FAMILY
 from keraslens.plugin import AnalysisContext, Option, Plugin, PluginResult, Table
 
 _FIX = (
@@ -29,14 +30,15 @@ def saturated_units(
 
     An output is at a bound when it lies within `stats.epsilon` of it (on the
     activation's output scale). A unit is saturated when at least `saturated_rate` of
-    its outputs are at a bound (either one).
+    its outputs are at a bound (either one). A capped ReLU (relu6) saturates at its cap
+    only: at 0 it is inactive, as any ReLU is, which the dead-neuron analysis covers.
 
     Returns:
         The per-unit fraction of outputs at a bound, the mask of saturated units, and
         per unit the bound most of those outputs sit at: "lower", "upper", "both" (as
         many at each) or None (never at a bound).
     """
-    lower = np.nan_to_num(stats.lower_rate)
+    lower = np.nan_to_num(stats.lower_rate) * saturates_at_lower(stats)
     upper = np.nan_to_num(stats.upper_rate)
     at_bound = lower + upper
     bound = [
@@ -46,12 +48,17 @@ def saturated_units(
     return at_bound, at_bound >= saturated_rate, bound
 
 
+def saturates_at_lower(stats: LayerStats) -> bool:
+    """Whether outputs at the activation's lower bound are saturated (not for a ReLU)."""
+    return stats.activation not in RELU_FAMILY
+
+
 class Saturation(Plugin):
     """Find units of bounded activations that sit at a bound, where gradients vanish.
 
     Bounded activations are sigmoid, hard_sigmoid, tanh, hard_tanh, softsign, relu6
-    and softmax. Per layer: `units` (per-unit fraction of outputs within `epsilon` of
-    a bound), `bound` (which bound, per unit), `saturated_units` and
+    (at its upper bound only) and softmax. Per layer: `units` (per-unit fraction of
+    outputs within `epsilon` of a bound), `bound` (which bound, per unit), `saturated_units` and
     `saturated_fraction`. A layer whose saturated fraction exceeds `threshold` gets a
     finding: a warning, or an error when more than half of its units are saturated;
     "info" for a layer that is an output of the model.
@@ -151,9 +158,10 @@ def _row(key: str, entry: dict[str, Any]) -> list[Any]:
 def _finding(key, stats: LayerStats, entry, rate: float, threshold: float, is_output: bool):
     units, share = entry["saturated_units"], entry["saturated_fraction"]
     low, high = stats.bounds
+    bounds = f"a bound ({low:g} or {high:g})" if saturates_at_lower(stats) else f"its cap {high:g}"
     message = (
         f"{len(units)} of {stats.units} units of layer {key!r} ({stats.activation}) are within "
-        f"{stats.epsilon:g} of a bound ({low:g} or {high:g}) in at least {rate:.0%} of their "
+        f"{stats.epsilon:g} of {bounds} in at least {rate:.0%} of their "
         f"outputs: {share:.0%} saturated, above the threshold of {threshold:.0%}. Gradients "
         "through saturated units vanish, so they barely learn."
     )

@@ -20,6 +20,7 @@ RANGES = {
     "softmax": (0.0, 1.0),
 }
 LARGE = ["tanh", "sigmoid", "hard_sigmoid", "relu6", "softsign"]
+BOTH_ENDS = [a for a in LARGE if a != "relu6"]
 # branch name -> (activation, kernel scale)
 BRANCHES = {
     **{f"large_{a}": (a, 1000.0) for a in LARGE},
@@ -28,6 +29,7 @@ BRANCHES = {
     "planted": ("sigmoid", 1.0),  # units 1, 2 at the upper bound, unit 5 at the lower
     "mixed": ("tanh", 5.0),  # units from 30% to 65% of outputs at a bound
     "large_relu": ("relu", 1000.0),
+    "relu6_at_zero": ("relu6", 1.0),  # every output 0: inactive, not saturated
 }
 
 
@@ -41,6 +43,8 @@ def _model() -> keras.Model:
         kernel, bias = layer.get_weights()
         if name == "planted":
             kernel[:, [1, 2, 5]], bias[[1, 2, 5]] = 0.0, [20.0, 20.0, -20.0]
+        if name == "relu6_at_zero":
+            kernel, bias = np.zeros_like(kernel), np.full_like(bias, -1.0)
         layer.set_weights([kernel * scale, bias])
     joined = keras.layers.Concatenate(name="joined")(branches)
     head = keras.layers.Dense(4, activation="softmax", name="head")
@@ -91,7 +95,7 @@ def _finding(entry: dict, layer: str) -> dict | None:
     return next((f for f in entry["findings"] if f["layer"] == layer), None)
 
 
-@pytest.mark.parametrize("activation", LARGE)
+@pytest.mark.parametrize("activation", BOTH_ENDS)
 def test_layer_driven_by_large_weights_is_saturated(analysed, activation):
     model, x, entry = analysed
     name = f"large_{activation}"
@@ -108,6 +112,28 @@ def test_layer_driven_by_large_weights_is_saturated(analysed, activation):
     assert (finding["threshold"], finding["threshold_name"]) == (0.2, "saturation.threshold")
     assert finding["label"] == "saturated units"
     assert "normalisation" in finding["fix"] and "non-saturating activation" in finding["fix"]
+
+
+def test_relu6_counts_as_saturated_at_its_cap_only(analysed):
+    model, x, entry = analysed
+
+    layer = entry["layers"]["large_relu6"]
+
+    lower, upper = _at_bounds(model, "large_relu6", x)
+    assert (lower > 0.2).all() and (upper > 0.2).all()  # both ends are reached
+    assert layer["units"] == pytest.approx(upper, abs=1e-12)
+    assert layer["saturated_units"] == np.flatnonzero(upper >= 0.5).tolist()
+    assert set(layer["bound"]) <= {"upper", None}
+
+
+def test_relu6_outputs_at_zero_are_not_saturation(analysed):
+    _, _, entry = analysed
+
+    layer = entry["layers"]["relu6_at_zero"]
+
+    assert layer["units"] == [0.0] * 16
+    assert layer["saturated_units"] == []
+    assert _finding(entry, "relu6_at_zero") is None
 
 
 @pytest.mark.parametrize("name", ["scaled_tanh", "scaled_sigmoid"])
