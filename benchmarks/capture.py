@@ -1,28 +1,32 @@
-"""Capture cost on the reference CNN, measured side by side in one run.
+"""Capture cost against `model.predict`, measured side by side in one run.
 
-Prints (median of --repeats after a warm-up, runs interleaved):
+For each model given with --model (the reference CNN by default; MobileNetV2 at 96x96,
+ResNet50, EfficientNetB0 and DenseNet121 at 64x64, random weights), prints (median of
+--repeats after a warm-up, runs interleaved):
   - capture-all-layers time / plain `model.predict` time, and the range of that ratio
     over the rounds (each round times both back to back, in alternating order, so the
     per-round ratio is free of the machine's drift between rounds);
-  - the same ratio for the naive approach (one multi-output model keeping every
-    activation, statistics in NumPy), timed in rounds of its own after those (see
-    `compare`), against the same `predict` times;
+  - with --loaded, the same again while another CPU-bound process runs (a busy loop);
+  - for the reference CNN, the same ratio for the naive approach (one multi-output model
+    keeping every activation, statistics in NumPy), timed in rounds of its own after
+    those (see `compare`), against the same `predict` times;
   - two probes of the machine's state at that moment, as the ratio depends on it: the
     reductions read memory, the convolutions mostly compute (GB/s of a compiled sum over
     34 MB, GFLOP/s of a 1024x1024 matmul);
-  - peak RSS of a capture for N = 2,000, 10,000 and 40,000 samples, each in its own
-    process (median of --rss-repeats: the heap's fragmentation varies by run), with the
-    data generated batch by batch so it is never all in memory, next to a plain compiled
-    forward pass over the same batches; once with glibc's default malloc settings, once
-    with its mmap threshold fixed (see `peak_rss`).
+  - for the reference CNN, peak RSS of a capture for N = 2,000, 10,000 and 40,000
+    samples, each in its own process (median of --rss-repeats: the heap's fragmentation
+    varies by run), with the data generated batch by batch so it is never all in memory,
+    next to a plain compiled forward pass over the same batches; once with glibc's
+    default malloc settings, once with its mmap threshold fixed (see `peak_rss`).
 
-Usage: python benchmarks/capture.py [--samples 2048] [--repeats 7] [--rss-repeats 3]
-(--rss-repeats 0: the timings only)
+Usage: python benchmarks/capture.py [--model reference ResNet50 ...] [--samples 2048]
+  [--batch N] [--repeats 7] [--loaded] [--rss-repeats 3]  (--rss-repeats 0: timings only)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -30,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -63,14 +68,32 @@ def reference_cnn() -> keras.Model:
     )
 
 
-def random_batches(n: int) -> tf.data.Dataset:
+def application(name: str, size: int):
+    def build() -> keras.Model:
+        keras.utils.set_random_seed(0)
+        return getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3))
+
+    return build
+
+
+# name -> (builder, input side, default batch)
+MODELS = {
+    "reference": (reference_cnn, 32, BATCH),
+    "MobileNetV2": (application("MobileNetV2", 96), 96, 128),
+    "ResNet50": (application("ResNet50", 64), 64, 64),
+    "EfficientNetB0": (application("EfficientNetB0", 64), 64, 64),
+    "DenseNet121": (application("DenseNet121", 64), 64, 64),
+}
+
+
+def random_batches(n: int, side: int = 32, batch: int = BATCH) -> tf.data.Dataset:
     """N random images, generated batch by batch (memory independent of N)."""
-    starts = tf.data.Dataset.range(0, n, BATCH)
+    starts = tf.data.Dataset.range(0, n, batch)
 
     def make(start):
-        size = tf.minimum(tf.constant(BATCH, tf.int64), n - start)
+        size = tf.minimum(tf.constant(batch, tf.int64), n - start)
         return tf.random.stateless_uniform(
-            tf.stack([tf.cast(size, tf.int32), 32, 32, 3]), seed=tf.stack([start, 7])
+            tf.stack([tf.cast(size, tf.int32), side, side, 3]), seed=tf.stack([start, 7])
         )
 
     # tf.data's autotuner delays the deletion of each iterator to its next wake-up
@@ -116,17 +139,17 @@ def machine_probes(repeats: int = 9) -> tuple[float, float]:
     return values.numpy().nbytes / read / 1e9, 2 * 1024**3 / mult / 1e9
 
 
-def compare(n: int, repeats: int) -> dict[str, list[float]]:
+def compare(model: keras.Model, data, repeats: int, naive: bool) -> dict[str, list[float]]:
     """Seconds per run: `predict` and `capture` in alternating order, round by round; then
     `naive`, whose rounds come last: it leaves gigabytes of freed activations behind,
     and whatever runs after it runs slower (a `predict` by 10-25%), which flattered the
     capture's ratio when the three took turns in one round."""
-    model = reference_cnn()
-    data = random_batches(n)
     lens = keraslens.Lens(model)
     runs = {
         "predict": lambda: model.predict(data, verbose=0),
         "capture": lambda: lens.capture(data),
+        # A new Lens each time: it must reuse the first one's trace, not retrace.
+        "fresh": lambda: keraslens.Lens(model).capture(data),
     }
     for fn in runs.values():  # warm-up: traces
         fn()
@@ -135,10 +158,40 @@ def compare(n: int, repeats: int) -> dict[str, list[float]]:
     for index in range(repeats):
         for name, fn in pairs if index % 2 == 0 else pairs[::-1]:
             times[name].append(timed(fn))
-    naive = lambda: naive_stats(model, data)  # noqa: E731
-    naive()
-    times["naive"] = [timed(naive) for _ in range(repeats)]
+    if naive:
+        run_naive = lambda: naive_stats(model, data)  # noqa: E731
+        run_naive()
+        times["naive"] = [timed(run_naive) for _ in range(repeats)]
     return times
+
+
+@contextlib.contextmanager
+def busy_process() -> Iterator[None]:
+    """Within the block, another process keeps one core busy (a pure-Python loop)."""
+    process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        yield
+    finally:
+        process.kill()
+        process.wait()
+
+
+def print_ratios(title: str, times: dict[str, list[float]]) -> None:
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    print(title)
+    print(f"{'method':<34}{'seconds':>10}{'/ predict':>12}{'per round':>16}")
+    labels = {
+        "predict": "model.predict",
+        "capture": "keraslens capture (all layers)",
+        "fresh": "the same, a new Lens each time",
+        "naive": "naive (all activations + NumPy)",
+    }
+    for name in times:
+        rounds = [t / p for t, p in zip(times[name], times["predict"], strict=True)]
+        spread = f"{min(rounds):.2f}-{max(rounds):.2f}"
+        ratio = medians[name] / medians["predict"]
+        print(f"{labels[name]:<34}{medians[name]:>10.3f}{ratio:>12.2f}{spread:>16}")
 
 
 def peak_rss_child(n: int, what: str) -> None:
@@ -189,8 +242,11 @@ def peak_rss(n: int, what: str, malloc: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", nargs="+", choices=list(MODELS), default=["reference"])
     parser.add_argument("--samples", type=int, default=2048)
+    parser.add_argument("--batch", type=int, help="default: 256, MobileNetV2 128, others 64")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--loaded", action="store_true", help="also time under a busy process")
     parser.add_argument("--rss-repeats", type=int, default=3)
     parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--rss-what", default="capture", help=argparse.SUPPRESS)
@@ -198,31 +254,25 @@ def main() -> None:
     if args.rss_child:
         peak_rss_child(args.rss_child, args.rss_what)
         return
-    print(f"reference CNN, N={args.samples}, batch {BATCH}, median of {args.repeats}")
     bandwidth, flops = machine_probes()
-    times = compare(args.samples, args.repeats)
-    medians = {name: statistics.median(values) for name, values in times.items()}
-    print(f"{'method':<34}{'seconds':>10}{'/ predict':>12}{'per round':>16}")
-    for name, label in (
-        ("predict", "model.predict"),
-        ("capture", "keraslens capture (all layers)"),
-        ("naive", "naive (all activations + NumPy)"),
-    ):
-        rounds = [t / p for t, p in zip(times[name], times["predict"], strict=True)]
-        spread = f"{min(rounds):.2f}-{max(rounds):.2f}"
-        print(
-            f"{label:<34}{medians[name]:>10.3f}{medians[name] / medians['predict']:>12.2f}"
-            f"{spread:>16}"
-        )
     print(f"machine probes before the runs: read {bandwidth:.1f} GB/s, matmul {flops:.0f} GFLOP/s")
-    if args.rss_repeats < 1:
+    for name in args.model:
+        build, side, batch = MODELS[name]
+        batch = args.batch or batch
+        model, data = build(), random_batches(args.samples, side, batch)
+        title = f"{name} {side}x{side}, N={args.samples}, batch {batch}, median of {args.repeats}"
+        naive = name == "reference"
+        print_ratios(f"\n{title}", compare(model, data, args.repeats, naive))
+        if args.loaded:
+            with busy_process():
+                times = compare(model, data, args.repeats, naive=False)
+            print_ratios(f"{title}, another CPU-bound process running", times)
+    if "reference" not in args.model or args.rss_repeats < 1:
         return
     sizes = (2_000, 10_000, 40_000)
     for malloc in MALLOC_SETTINGS:
         rss = {
-            (n, what): statistics.median(
-                peak_rss(n, what, malloc) for _ in range(args.rss_repeats)
-            )
+            (n, what): statistics.median(peak_rss(n, what, malloc) for _ in range(args.rss_repeats))
             for n in sizes
             for what in ("capture", "forward")
         }
@@ -235,6 +285,7 @@ def main() -> None:
             f"growth 2k -> 40k: capture {growth['capture']:.0f} MB, "
             f"forward only {growth['forward']:.0f} MB"
         )
+
 
 if __name__ == "__main__":
     main()
