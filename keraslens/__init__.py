@@ -57,6 +57,7 @@ __all__ = [
     "Table",
     "__version__",
     "analyze",
+    "attention",
     "attribute",
     "evaluate",
     "heatmap",
@@ -69,8 +70,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name == "plugins":
-        return importlib.import_module("keraslens.plugins")
+    if name in ("plugins", "attention"):
+        return importlib.import_module(f"keraslens.{name}")
     if name not in _EXPORTS:
         raise AttributeError(f"module 'keraslens' has no attribute {name!r}")
     value = getattr(importlib.import_module(_EXPORTS[name]), name)
@@ -83,7 +84,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from keraslens import plugins
+    from keraslens import attention, plugins
     from keraslens.attr import attribute
     from keraslens.callback import LensCallback
     from keraslens.capture import LayerStats, Lens
