@@ -115,18 +115,26 @@ class HeadStats:
         variance = np.maximum(self.map_square_sum / self.samples - mean**2, 0.0)
         return np.sqrt(variance).mean(axis=(1, 2)) * self.map_sum.shape[-1]
 
+    def uniform_heads(self, threshold: float = 0.98) -> np.ndarray:
+        """Indices of heads whose `uniformity` is at least `threshold`: they average
+        their values instead of choosing among them."""
+        return np.flatnonzero(self.uniformity >= threshold)
+
+    def constant_heads(self, threshold: float = 0.01) -> np.ndarray:
+        """Indices of heads whose `variability` is at most `threshold`: their pattern does
+        not depend on the input. Empty below two samples (nothing to compare)."""
+        if self.samples < 2:
+            return np.array([], dtype=np.int64)
+        return np.flatnonzero(self.variability <= threshold)
+
     def dead_heads(self, uniform: float = 0.98, constant: float = 0.01) -> np.ndarray:
-        """Indices of heads whose rows are near-uniform or whose pattern never changes.
+        """Indices of heads that are near-uniform or constant (see the two methods above).
 
         Args:
-            uniform: `uniformity` at or above which a head is dead (it averages its values).
-            constant: `variability` at or below which a head is dead (it ignores its input);
-                judged from two samples on.
+            uniform: the `uniform_heads` threshold.
+            constant: the `constant_heads` threshold.
         """
-        dead = self.uniformity >= uniform
-        if self.samples > 1:
-            dead |= self.variability <= constant
-        return np.flatnonzero(dead)
+        return np.union1d(self.uniform_heads(uniform), self.constant_heads(constant))
 
     def _mean(self, total: np.ndarray | None, count: np.ndarray | None) -> np.ndarray:
         self._require()
