@@ -28,7 +28,7 @@ def _oracle(weights, query, value, mask=None, scale=1.0):
     wq, bq, wk, bk = weights[:4]
     q = np.einsum("btd,dnh->btnh", query, wq) + bq
     k = np.einsum("bsd,dnh->bsnh", value, wk) + bk
-    scores = np.einsum("btnh,bsnh->bnts", q, k) / np.sqrt(KEY_DIM) / scale
+    scores = np.einsum("btnh,bsnh->bnts", q, k) / np.sqrt(wq.shape[-1]) / scale
     if mask is not None:
         scores = np.where(mask[:, None], scores, -np.inf)
     scores = scores - scores.max(axis=-1, keepdims=True, where=np.isfinite(scores), initial=-1e30)
@@ -222,6 +222,17 @@ def test_two_attention_axes_are_flattened_row_major():
     np.testing.assert_allclose(got, _oracle(weights, flat, flat), atol=1e-5)
 
 
+def test_flash_attention_layer_gives_the_equivalent_probabilities():
+    inputs = keras.Input((TOKENS, FEATURES))
+    mha = keras.layers.MultiHeadAttention(HEADS, KEY_DIM, flash_attention=True, name="mha")
+    model = keras.Model(inputs, mha(inputs, inputs))
+    weights = _set_weights(mha)
+    x = _x()
+    np.testing.assert_allclose(
+        keraslens.attention(model, x)["mha"], _oracle(weights, x, x), atol=1e-5
+    )
+
+
 def test_capture_leaves_the_model_unchanged():
     model, mha = _self_attention_model(use_causal_mask=True)
     _set_weights(mha)
@@ -289,3 +300,35 @@ def test_gradients_default_to_the_predicted_class():
     x = _x()
     _, _, chosen = AttentionCapture(model).gradients(x)
     np.testing.assert_array_equal(chosen, model.predict(x, verbose=0).argmax(-1))
+
+
+def test_keras_hub_transformer_encoder_with_a_padding_mask():
+    keras_hub = pytest.importorskip("keras_hub")
+    inputs = keras.Input((TOKENS, FEATURES))
+    padding = keras.Input((TOKENS,), dtype="bool")
+    encoder = keras_hub.layers.TransformerEncoder(8, HEADS, name="encoder")
+    model = keras.Model([inputs, padding], encoder(inputs, padding_mask=padding))
+    weights = _set_weights(encoder._self_attention_layer)
+    x = _x()
+    keep = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], bool)
+    got = keraslens.attention(model, [x, keep])
+    mask = np.broadcast_to(keep[:, None, :], (len(x), TOKENS, TOKENS))  # keys only
+    np.testing.assert_allclose(
+        got["encoder/self_attention_layer"], _oracle(weights, x, x, mask), atol=1e-5
+    )
+
+
+def test_keras_hub_decoder_cached_attention_is_causal():
+    keras_hub = pytest.importorskip("keras_hub")
+    inputs = keras.Input((TOKENS, FEATURES))
+    decoder = keras_hub.layers.TransformerDecoder(8, HEADS, name="decoder")
+    model = keras.Model(inputs, decoder(inputs))
+    attention_layer = decoder._self_attention_layer
+    assert type(attention_layer).__name__ == "CachedMultiHeadAttention"
+    weights = _set_weights(attention_layer)
+    x = _x()
+    causal = np.tril(np.ones((TOKENS, TOKENS), bool))[None].repeat(len(x), 0)
+    got = keraslens.attention(model, x)
+    np.testing.assert_allclose(
+        got["decoder/self_attention"], _oracle(weights, x, x, causal), atol=1e-5
+    )
