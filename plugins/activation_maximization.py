@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -9,21 +10,47 @@ import numpy as np
 from keraslens.capture import LayerStats
 from keraslens.errors import KeraslensError
 from keraslens.plugin import AnalysisContext, Figure, Finding, Option, Plugin, PluginResult, Table
-from keraslens.vis.compat import input_shape_of, parse_output, require_continuous_input
+from keraslens.vis.compat import (
+    functional_view,
+    input_shape_of,
+    parse_output,
+    require_continuous_input,
+)
 from keraslens.vis.figures import maximization_montage
-from keraslens.vis.layers import is_spatial, layer_shapes
+from keraslens.vis.layers import last_spatial_layer, layer_shapes
 from keraslens.vis.maximize import maximize, unit_activations
+
+FULL_STEPS = 100
+"""Steps of a model up to `SMALL_MODEL` parameters."""
+MIN_STEPS = 20
+"""The fewest steps chosen automatically, however large the model."""
+SMALL_MODEL = 1_000_000
+"""Parameters up to which a model gets `FULL_STEPS`; beyond, steps fall as 1/sqrt(size)."""
+
+
+def auto_steps(parameters: int) -> int:
+    """Steps chosen for a model of `parameters` weights.
+
+    A step costs one batched forward and backward pass, roughly proportional to the
+    model's size, and larger models reach their best input in fewer steps of the same
+    relative size: `FULL_STEPS` up to `SMALL_MODEL` parameters, then
+    `FULL_STEPS * sqrt(SMALL_MODEL / parameters)`, at least `MIN_STEPS` (ResNet50: 20).
+    """
+    if parameters <= SMALL_MODEL:
+        return FULL_STEPS
+    return max(MIN_STEPS, int(FULL_STEPS * math.sqrt(SMALL_MODEL / parameters)))
 
 
 class ActivationMaximization(Plugin):
-    """Synthesise the input that maximises each chosen unit, with tf-keras-vis.
+    """Synthesise the input that maximises each chosen unit.
 
-    Units: the output classes (their pre-softmax scores) and, per selected layer, the
-    `units_per_end` most and least active units of the capture statistics. Inputs stay
-    within the range of the data, start from a seeded uniform draw and are regularised by
-    total variation and an L2 norm. Each unit's reached activation is compared with the
-    best natural sample of the data sample; a unit the optimisation could not push past
-    the data gets a finding.
+    Units: the output classes (their pre-softmax scores) of each output, or of the one
+    named, and, per selected layer, the `units_per_end` most and least active units of the
+    capture statistics. All units of a layer are optimised in one batch by one compiled
+    loop (`keraslens.maximize`). Inputs stay within the range of the data, start from a
+    seeded uniform draw and are regularised by total variation and an L2 norm. Each unit's
+    reached activation is compared with the best natural sample of the data sample; a unit
+    the optimisation could not push past the data gets a finding.
 
     Example:
 
@@ -41,29 +68,26 @@ class ActivationMaximization(Plugin):
     expensive = True
     options = {
         "layers": Option(
-            list, [], "Layer paths whose units to maximise; empty: the last spatial layer."
+            list, [], "Layer paths whose units to maximise; empty: the heatmaps' default layer."
         ),
         "units_per_end": Option(
             int, 2, "Most and least active units taken per layer.", min=1, max=16
         ),
         "classes": Option(list, [], "Output classes to maximise; empty: the first max_classes."),
-        "max_classes": Option(int, 10, "Classes maximised when none are listed.", min=0, max=64),
-        "output": Option(str, "", "Output (name or index) whose classes to maximise."),
-        "steps": Option(int, 100, "Gradient-ascent steps.", min=1, max=10000),
+        "max_classes": Option(
+            int, 10, "Classes maximised per output when none are listed.", min=0, max=64
+        ),
+        "output": Option(str, "", "Output (name or index) to explain; empty: each output."),
+        "steps": Option(
+            int, 0, "Gradient-ascent steps; 0: chosen for the model's size.", min=0, max=10000
+        ),
         "learning_rate": Option(float, 0.05, "Adam step, per unit of input range.", min=0.0),
         "tv_weight": Option(float, 5.0, "Total-variation penalty weight.", min=0.0),
         "l2_weight": Option(float, 0.5, "L2 penalty weight.", min=0.0),
     }
 
     def analyze(self, ctx: AnalysisContext) -> PluginResult:
-        reason = None
-        if not isinstance(ctx.sample, np.ndarray):
-            reason = "the model takes several inputs; activation maximization needs one."
-        else:
-            try:
-                require_continuous_input(ctx.model, ctx.sample)
-            except KeraslensError as error:
-                reason = str(error)
+        reason = _skip_reason(ctx)
         if reason is not None:
             return PluginResult(
                 data={"skipped": reason},
@@ -71,40 +95,86 @@ class ActivationMaximization(Plugin):
             )
         options = ctx.options
         x = ctx.sample.astype(np.float32)
-        output = parse_output(options["output"])
+        shape = input_shape_of(ctx.model, x)
+        chosen = _chosen(ctx.model, options)
         settings = {
-            "steps": options["steps"],
+            "steps": chosen["steps"]["value"],
             "seed": ctx.seed,
             "input_range": (float(x.min()), float(x.max())),
-            "input_shape": input_shape_of(ctx.model, x),
-            "output": output,
+            "input_shape": shape,
             "learning_rate": options["learning_rate"],
             "tv_weight": options["tv_weight"],
             "l2_weight": options["l2_weight"],
         }
-        targets = {None: _classes(ctx, x, options, output)}
-        for layer in options["layers"] or _default_layers(ctx, x):
-            targets[layer] = _extreme_units(ctx.stats, layer, ctx.model, x, options)
-        result = PluginResult(data={"input_range": list(settings["input_range"]), "layers": {}})
+        targets = _targets(ctx, x, shape, options)
+        result = PluginResult(
+            data={"input_range": list(settings["input_range"]), "chosen": chosen, "layers": {}}
+        )
         rows = []
-        for layer, units in targets.items():
+        for name, (layer, output, units) in targets.items():
             if len(units) == 0:
                 continue
-            name = layer or "output classes"
-            report, figure = _maximize_layer(ctx, x, layer, units, settings)
+            report, figure = _maximize_layer(ctx, x, name, layer, output, units, settings)
             result.data["layers"][name] = report
             rows += [[name, *row] for row in _rows(report)]
-            result.findings += _findings(name, report)
+            result.findings += _findings(name, layer, report)
             if not ctx.minimal:
                 result.figures.append(figure)
-        result.tables.append(
+        result.tables += [
             Table(
                 title="Reached activation vs the best natural sample",
                 columns=["layer", "unit", "reached", "best in data", "best sample"],
                 rows=rows,
-            )
-        )
+            ),
+            Table(
+                title="Settings chosen for this model",
+                columns=["setting", "value", "why"],
+                rows=[[key, c["value"], c["why"]] for key, c in chosen.items()],
+            ),
+        ]
         return result
+
+
+def _skip_reason(ctx: AnalysisContext) -> str | None:
+    if not isinstance(ctx.sample, np.ndarray):
+        return "the model takes several inputs; activation maximization needs one."
+    try:
+        require_continuous_input(ctx.model, ctx.sample)
+    except KeraslensError as error:
+        return str(error)
+    return None
+
+
+def _chosen(model, options: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Setting -> its value and why: the settings that depend on the model."""
+    parameters = int(model.count_params())
+    if options["steps"]:
+        steps, why = options["steps"], "set by activation-maximization.steps"
+    else:
+        steps = auto_steps(parameters)
+        why = (
+            f"{parameters:,} parameters: {FULL_STEPS} steps up to {SMALL_MODEL:,}, "
+            f"then fewer as 1/sqrt(parameters), at least {MIN_STEPS}"
+        )
+    return {"steps": {"value": steps, "why": why}}
+
+
+def _targets(ctx: AnalysisContext, x: np.ndarray, shape: tuple, options) -> dict[str, tuple]:
+    """Report name -> (layer or None, output, units): each output's classes, then the
+    extreme units of each layer."""
+    names = functional_view(ctx.model, shape).output_names
+    output = parse_output(options["output"])
+    outputs = [output] if output is not None else (list(names) if len(names) > 1 else [None])
+    targets = {}
+    for chosen in outputs:
+        name = "output classes" if chosen is None else f"classes of output {chosen}"
+        targets[name] = (None, chosen, _classes(ctx, x, options, chosen))
+    # A layer's units do not depend on the output; any one builds the layer's model.
+    any_output = None if len(names) == 1 else 0
+    for layer in options["layers"] or _default_layers(ctx.model, shape):
+        units = _extreme_units(ctx.stats, layer, ctx.model, x, options, any_output)
+        targets[layer] = (layer, any_output, units)
+    return targets
 
 
 def _classes(ctx: AnalysisContext, x: np.ndarray, options: dict[str, Any], output) -> list[int]:
@@ -119,33 +189,32 @@ def _classes(ctx: AnalysisContext, x: np.ndarray, options: dict[str, Any], outpu
     return list(range(min(count, options["max_classes"])))
 
 
-def _default_layers(ctx: AnalysisContext, x: np.ndarray) -> list[str]:
-    """The last spatial layer, else the last captured layer before the output."""
-    shapes = list(layer_shapes(ctx.model, input_shape_of(ctx.model, x)))[:-1]
-    captured = [(path, shape) for path, shape in shapes if not ctx.stats or path in ctx.stats]
-    spatial = [path for path, shape in captured if is_spatial(shape)]
-    if spatial:
-        return spatial[-1:]
-    return [path for path, _ in captured][-1:]
+def _default_layers(model, shape: tuple) -> list[str]:
+    """The heatmaps' default layer (the last spatial one), else the last layer before the
+    output (a dense or recurrent model)."""
+    spatial = last_spatial_layer(model, shape)
+    if spatial is not None:
+        return [spatial]
+    return [path for path, _ in layer_shapes(model, shape)][-2:-1]
 
 
 def _extreme_units(
-    stats: dict[str, LayerStats] | None, layer: str, model, x: np.ndarray, options
+    stats: dict[str, LayerStats] | None, layer: str, model, x: np.ndarray, options, output
 ) -> list[int]:
     """The most and least active units by mean activation (capture statistics, else the
     sample), by decreasing mean."""
     if stats and layer in stats:
         mean = np.asarray(stats[layer].mean)
     else:
-        mean = unit_activations(model, layer, x).mean(axis=0)
+        mean = unit_activations(model, layer, x, output).mean(axis=0)
     order = np.argsort(-mean, kind="stable")
     per_end = options["units_per_end"]
     return list(dict.fromkeys([*order[:per_end].tolist(), *order[-per_end:].tolist()]))
 
 
-def _maximize_layer(ctx, x, layer, units, settings) -> tuple[dict[str, Any], Figure]:
-    synthesised = maximize(ctx.model, layer, units, **settings)
-    natural = unit_activations(ctx.model, layer, x, settings["output"])[:, units]
+def _maximize_layer(ctx, x, name, layer, output, units, settings) -> tuple[dict[str, Any], Figure]:
+    synthesised = maximize(ctx.model, layer, units, output=output, **settings)
+    natural = unit_activations(ctx.model, layer, x, output)[:, units]
     best = natural.argmax(axis=0)
     report = {
         "units": units,
@@ -163,11 +232,12 @@ def _maximize_layer(ctx, x, layer, units, settings) -> tuple[dict[str, Any], Fig
             natural.max(axis=0),
             unit_name,
         ),
-        title=f"Activation maximization: {layer or 'output classes'}",
+        title=f"Activation maximization: {name}",
         caption=(
-            f"{settings['steps']} steps, seed {settings['seed']}. Top: synthesised input and "
-            "the activation it reaches (pre-softmax score for classes, mean over positions for "
-            "conv filters); bottom: the sample of the data sample that activates it most."
+            f"{settings['steps']} steps, seed {settings['seed']}, all {len(units)} units in "
+            "one batch. Top: synthesised input and the activation it reaches (pre-softmax "
+            "score for classes, mean over positions for conv filters); bottom: the sample, "
+            f"of the {len(x)} of the data sample, that activates it most."
         ),
         layer=layer,
         dpi=72,
@@ -188,7 +258,7 @@ def _rows(report: dict[str, Any]) -> list[list[Any]]:
     ]
 
 
-def _findings(name: str, report: dict[str, Any]) -> list[Finding]:
+def _findings(name: str, layer: str | None, report: dict[str, Any]) -> list[Finding]:
     behind = [
         unit
         for unit, reached, natural in zip(
@@ -207,7 +277,7 @@ def _findings(name: str, report: dict[str, Any]) -> list[Finding]:
                 "best natural sample, so these pictures show a local optimum, not the unit's "
                 "preferred input."
             ),
-            layer=None if name == "output classes" else name,
+            layer=layer,
             units=behind,
             label="maximization below data",
             fix="Raise activation-maximization.steps or learning_rate, or lower the penalties.",

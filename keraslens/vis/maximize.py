@@ -1,21 +1,25 @@
-"""`maximize()`: synthesise the inputs that most activate chosen units, via tf-keras-vis."""
+"""`maximize()`: synthesise the inputs that most activate chosen units.
+
+All the chosen units are optimised together, one input each in one batch, by one compiled
+gradient-ascent loop (`tf.function` over every step), so a call costs one trace and then
+`steps` batched forward and backward passes.
+"""
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import keras
 import numpy as np
 import tensorflow as tf
-from tf_keras_vis.activation_maximization import ActivationMaximization
-from tf_keras_vis.activation_maximization.input_modifiers import InputModifier, Jitter
-from tf_keras_vis.activation_maximization.regularizers import Norm, TotalVariation2D
-from tf_keras_vis.utils.scores import CategoricalScore
 
 from keraslens.errors import KeraslensError
 from keraslens.vis.compat import build_graph, input_shape_of, require_continuous_input
-from keraslens.vis.seeding import numpy_seed
+
+_ADAM_BETA1, _ADAM_BETA2, _ADAM_EPSILON = 0.9, 0.999, 1e-7
+"""Keras's Adam defaults."""
 
 
 class Maximization(NamedTuple):
@@ -31,17 +35,6 @@ class Maximization(NamedTuple):
     activations: np.ndarray
 
 
-class _Clip(InputModifier):
-    """Keeps the optimised input inside the input range at every step (projected ascent);
-    tf-keras-vis only clips the value it returns, so the optimisation could wander off."""
-
-    def __init__(self, low: float, high: float) -> None:
-        self.low, self.high = low, high
-
-    def __call__(self, seed_input: tf.Tensor) -> tf.Tensor:
-        return tf.clip_by_value(seed_input, self.low, self.high)
-
-
 def unit_model(
     model: keras.Model, layer: str | None, input_shape: Sequence, output: int | str | None = None
 ) -> keras.Model:
@@ -49,12 +42,9 @@ def unit_model(
     when `layer` is None (a softmax would let a class win only by suppressing the others).
 
     A rank-1 output `(batch,)` is one score per sample: it becomes unit 0 of `(batch, 1)`.
+    Built once per model, layer, output and input shape, then reused.
     """
-    graph = build_graph(model, input_shape, output, layer)
-    target = graph.layer_model() if layer else graph.score_model()
-    if len(target.outputs[0].shape) == 1:
-        return keras.Model(target.inputs, keras.layers.Reshape((1,))(target.outputs[0]))
-    return target
+    return _ascent(model, layer, tuple(input_shape), output).target
 
 
 def unit_values(outputs: np.ndarray) -> np.ndarray:
@@ -98,9 +88,11 @@ def maximize(
 ) -> Maximization:
     """Synthesise, for each unit, the input that maximises its activation.
 
-    Gradient ascent with tf-keras-vis's `ActivationMaximization` from a seeded uniform
-    start, regularised by total variation (images) and an L2 norm, kept inside
-    `input_range` at every step. The same seed gives the same inputs.
+    Projected gradient ascent with Adam from a seeded uniform start, all units in one
+    batch: each step scores a randomly shifted copy of the inputs (jitter), subtracts an
+    L2 penalty (pulling towards the middle of the range) and, for images and sequences,
+    a total-variation penalty, then clips the inputs to `input_range`. The same seed
+    gives the same inputs.
 
     Args:
         model: a Keras model with one input.
@@ -114,9 +106,11 @@ def maximize(
             model.
         input_shape: the shape of one sample, for a subclassed model without declared input.
         learning_rate: Adam step, as a fraction of the input range.
-        tv_weight: weight of the total-variation penalty, per unit of input range.
-        l2_weight: weight of the L2 penalty, per unit of input range.
-        jitter: random shift in pixels per step; None for one per 16 pixels of the image.
+        tv_weight: weight of the total-variation penalty (mean absolute difference of
+            neighbouring pixels or time steps), per unit of input range.
+        l2_weight: weight of the L2 penalty (root mean square), per unit of input range.
+        jitter: largest random shift per step, in pixels (images) or steps (sequences);
+            None for one per 16 pixels of an image, none for other inputs.
 
     Returns:
         A `Maximization(inputs, activations)`.
@@ -130,42 +124,130 @@ def maximize(
     """
     require_continuous_input(model)
     shape = tuple(input_shape) if input_shape is not None else input_shape_of(model)
-    target = unit_model(model, layer, shape, output)
-    units = _checked_units(units, target.outputs[0].shape[-1], layer)
+    ascent = _ascent(model, layer, shape, output)
+    units = _checked_units(units, ascent.target.outputs[0].shape[-1], layer)
     low, high = (float(v) for v in input_range)
     if not high > low:
         raise KeraslensError(f"input_range must be (low, high) with high > low; got {input_range}.")
-    span = high - low
-    image = len(shape) == 3
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise KeraslensError(f"steps must be a positive integer; got {steps!r}.")
     if jitter is None:
-        jitter = shape[0] // 16 if image else 0
-    # Optimise the offset from the middle of the range, so that the L2 penalty pulls
+        jitter = shape[0] // 16 if len(shape) == 3 else 0
+    span = high - low
+    start = np.random.default_rng(seed).uniform(-span / 2, span / 2, (len(units), *shape))
+    # The offset from the middle of the range is optimised, so that the L2 penalty pulls
     # towards mid-grey rather than towards `low` (where its gradient is 0/0 on a dead unit).
     middle = (low + high) / 2
-    offset = keras.Input(shape)
-    centred = keras.Model(
-        [offset],
-        target(keras.layers.Rescaling(1.0, offset=middle, name="keraslens_centre")(offset)),
+    offsets = ascent.run(
+        tf.constant(start, tf.float32),
+        tf.constant(units, tf.int32),
+        tf.constant(steps, tf.int32),
+        tf.constant(seed % 2**31, tf.int32),
+        tf.constant([middle, span / 2, learning_rate * span, l2_weight / span, tv_weight / span]),
+        tf.constant(int(jitter), tf.int32),
     )
-    rng = np.random.default_rng(seed)
-    start = rng.uniform(-span / 2, span / 2, (len(units), *shape)).astype(np.float32)
-    regularizers = [Norm(weight=l2_weight / span, p=2)]
-    if image:
-        regularizers.append(TotalVariation2D(weight=tv_weight / span))
-    modifiers = [_Clip(-span / 2, span / 2)] + ([Jitter(jitter=jitter)] if jitter > 0 else [])
-    with numpy_seed(seed):
-        offsets = ActivationMaximization(centred, clone=False)(
-            CategoricalScore(units.tolist()),
-            seed_input=start,
-            input_range=(-span / 2, span / 2),
-            input_modifiers=modifiers,
-            regularizers=regularizers,
-            steps=steps,
-            optimizer=keras.optimizers.Adam(learning_rate * span),
-        )
-    inputs = np.asarray(offsets) + np.float32(middle)
-    reached = unit_values(target([inputs], training=False))
+    inputs = offsets.numpy() + np.float32(middle)
+    reached = unit_values(ascent.target([inputs], training=False))
     return Maximization(inputs, reached[np.arange(len(units)), units])
+
+
+class _Ascent:
+    """The compiled ascent loop for one unit model, traced once for any number of units,
+    steps and settings (all are tensors of a fixed signature)."""
+
+    def __init__(self, target: keras.Model, shape: tuple) -> None:
+        self.target = target
+        self._positions = list(range(1, len(shape)))  # the axes between batch and channels
+        self._sample_axes = list(range(1, len(shape) + 1))
+        self.run = tf.function(
+            self._run,
+            input_signature=[
+                tf.TensorSpec((None, *shape), tf.float32),
+                tf.TensorSpec((None,), tf.int32),
+                tf.TensorSpec((), tf.int32),
+                tf.TensorSpec((), tf.int32),
+                tf.TensorSpec((5,), tf.float32),
+                tf.TensorSpec((), tf.int32),
+            ],
+        )
+
+    def _run(self, start, units, steps, seed, settings, jitter):
+        middle, half, step_size, l2_weight, tv_weight = tf.unstack(settings)
+        x, m, v = start, tf.zeros_like(start), tf.zeros_like(start)
+        for step in tf.range(steps):
+            gradient = self._gradient(x, units, seed, step, middle, l2_weight, tv_weight, jitter)
+            t = tf.cast(step + 1, tf.float32)
+            m = _ADAM_BETA1 * m + (1 - _ADAM_BETA1) * gradient
+            v = _ADAM_BETA2 * v + (1 - _ADAM_BETA2) * tf.square(gradient)
+            rate = step_size * tf.sqrt(1 - _ADAM_BETA2**t) / (1 - _ADAM_BETA1**t)
+            x = tf.clip_by_value(x + rate * m / (tf.sqrt(v) + _ADAM_EPSILON), -half, half)
+        return x
+
+    def _gradient(self, x, units, seed, step, middle, l2_weight, tv_weight, jitter):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            shown = self._jittered(x, seed, step, jitter)
+            outputs = self.target([shown + middle], training=False)
+            values = tf.reduce_mean(outputs, axis=list(range(1, len(outputs.shape) - 1)))
+            score = tf.gather(values, units[:, None], batch_dims=1)[:, 0]
+            objective = score - l2_weight * tf.sqrt(
+                tf.reduce_mean(tf.square(x), axis=self._sample_axes)
+            )
+            if self._positions:
+                objective -= tv_weight * _total_variation(x, self._positions)
+            total = tf.reduce_sum(objective)
+        return tape.gradient(total, x)
+
+    def _jittered(self, x, seed, step, jitter):
+        if not self._positions:
+            return x
+        shift = tf.random.stateless_uniform(
+            (len(self._positions),),
+            seed=tf.stack([seed, step]),
+            minval=-jitter,
+            maxval=jitter + 1,
+            dtype=tf.int32,
+        )
+        return tf.roll(x, shift, axis=self._positions)
+
+
+def _total_variation(x: tf.Tensor, axes: Sequence[int]) -> tf.Tensor:
+    """Per sample: the sum over `axes` of the mean absolute difference of neighbours."""
+    total = 0.0
+    every = list(range(1, len(x.shape)))
+    for axis in axes:
+        size = x.shape[axis]
+        if size is None or size < 2:
+            continue
+        ahead = tf.gather(x, tf.range(1, size), axis=axis)
+        behind = tf.gather(x, tf.range(0, size - 1), axis=axis)
+        total += tf.reduce_mean(tf.abs(ahead - behind), axis=every)
+    return total
+
+
+_ASCENTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _ascent(
+    model: keras.Model, layer: str | None, shape: tuple, output: int | str | None
+) -> _Ascent:
+    """The cached `_Ascent` of (model, layer, input shape, output): a second call for the
+    same unit model neither rebuilds its graph nor retraces its loop."""
+    cache = _ASCENTS.setdefault(model, {})
+    key = (layer, shape, output)
+    if key not in cache:
+        cache[key] = _Ascent(_build_unit_model(model, layer, shape, output), shape)
+    return cache[key]
+
+
+def _build_unit_model(
+    model: keras.Model, layer: str | None, input_shape: tuple, output: int | str | None
+) -> keras.Model:
+    graph = build_graph(model, input_shape, output, layer)
+    target = graph.layer_model() if layer else graph.score_model()
+    if len(target.outputs[0].shape) == 1:
+        return keras.Model(target.inputs, keras.layers.Reshape((1,))(target.outputs[0]))
+    return target
 
 
 def _checked_units(units: int | Sequence[int], count: int, layer: str | None) -> np.ndarray:
