@@ -11,40 +11,70 @@ CELL_INCHES = 1.25
 OVERLAY_ALPHA = 0.45
 
 
-def picture(x: np.ndarray) -> np.ndarray:
-    """An input as something `imshow` draws: min-max scaled to [0, 1], grey or RGB.
+MAX_LINES = 8
+"""Features of a sequence drawn as lines; the rest are left out (the first ones are kept)."""
 
-    Images with one channel become grey, three stay RGB, others are averaged over
-    channels; a sequence `(T, F)` is drawn features by steps, a vector as one row.
-    """
+
+def picture(x: np.ndarray) -> np.ndarray:
+    """An image `(H, W, C)` as something `imshow` draws: min-max scaled to [0, 1], grey
+    or RGB (one channel is grey, three stay RGB, others are averaged over channels)."""
     x = np.asarray(x, dtype=np.float64)
-    if x.ndim == 3:
-        x = x if x.shape[-1] == 3 else x.mean(axis=-1)
-    elif x.ndim == 2:
-        x = x.T
-    else:
-        x = x.reshape(1, -1)
+    x = x if x.shape[-1] == 3 else x.mean(axis=-1)
     low, high = x.min(), x.max()
     return (x - low) / (high - low) if high > low else np.zeros_like(x)
 
 
+def is_image(x: np.ndarray) -> bool:
+    """True for one sample `(H, W, C)`; sequences `(T, F)` and vectors `(D,)` are not."""
+    return np.ndim(x) == 3
+
+
 def _draw(ax, x: np.ndarray, overlay: np.ndarray | None = None) -> None:
+    """An image as an image, a sequence as one line per feature over time, a vector as one
+    line over its index; `overlay` (a map in [0, 1]) on top of an image, behind lines."""
+    x = np.asarray(x, dtype=np.float64)
+    if is_image(x):
+        _draw_image(ax, x, overlay)
+    else:
+        _draw_lines(ax, x, overlay)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _draw_image(ax, x: np.ndarray, overlay: np.ndarray | None) -> None:
     image = picture(x)
-    grey = image.ndim == 2
-    ax.imshow(image, cmap="gray" if grey else None, aspect="auto" if x.ndim < 3 else "equal")
+    ax.imshow(image, cmap="gray" if image.ndim == 2 else None)
     if overlay is not None:
-        overlay = overlay if overlay.ndim == 2 else overlay.reshape(1, -1)
         ax.imshow(
             overlay,
             cmap="jet",
             alpha=OVERLAY_ALPHA,
             vmin=0,
             vmax=1,
-            aspect="auto" if x.ndim < 3 else "equal",
             extent=(-0.5, image.shape[1] - 0.5, image.shape[0] - 0.5, -0.5),
         )
-    ax.set_xticks([])
-    ax.set_yticks([])
+
+
+def _draw_lines(ax, x: np.ndarray, overlay: np.ndarray | None) -> None:
+    series = x.reshape(len(x), -1)[:, :MAX_LINES] if x.ndim > 1 else x[:, None]
+    steps = np.arange(len(series))
+    ax.plot(steps, series, linewidth=0.9)
+    ax.set_xlim(-0.5, len(series) - 0.5)
+    if overlay is not None:
+        # A map over time (or over the vector's index), drawn as a coloured band behind.
+        band = np.asarray(overlay, dtype=np.float64).reshape(len(series), -1).mean(axis=1)
+        low, high = ax.get_ylim()
+        ax.imshow(
+            band[None, :],
+            cmap="jet",
+            alpha=OVERLAY_ALPHA,
+            vmin=0,
+            vmax=1,
+            aspect="auto",
+            extent=(-0.5, len(series) - 0.5, low, high),
+            zorder=0,
+        )
+        ax.set_ylim(low, high)
 
 
 def heatmap_grid(
