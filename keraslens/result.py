@@ -14,6 +14,10 @@ from keraslens.plugin import Finding, PluginResult, to_jsonable
 
 _SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 
+FULL_UNITS = 64
+"""Layers of up to this many units keep their per-unit arrays in the default JSON twin;
+larger ones keep them only in the full twin (`to_json(path, full=True)`)."""
+
 
 @dataclass
 class PluginRun:
@@ -31,7 +35,7 @@ class PluginRun:
 
     @property
     def status(self) -> str:
-        """"ok", or "error" when the plugin could not run."""
+        """ "ok", or "error" when the plugin could not run."""
         return "ok" if self.error is None else "error"
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,8 +104,13 @@ class AnalysisResult:
             return "warn"
         return "pass"
 
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON twin of the report: everything but the images."""
+    def to_dict(self, full: bool = False) -> dict[str, Any]:
+        """The JSON twin of the report: everything but the images.
+
+        Args:
+            full: keep every layer's capture histogram and per-unit arrays; by default
+                only layers of at most `FULL_UNITS` units keep their per-unit arrays.
+        """
         return to_jsonable(
             {
                 "meta": self.meta,
@@ -109,7 +118,7 @@ class AnalysisResult:
                 "counts": self.counts,
                 "findings": [f.to_dict() for f in self.findings],
                 "plugins": {name: run.to_dict() for name, run in self.plugins.items()},
-                "layers": {key: s.to_dict() for key, s in self.stats.items()},
+                "layers": {key: _layer_entry(s, full) for key, s in self.stats.items()},
                 **self.extra_dict(),
             }
         )
@@ -118,9 +127,9 @@ class AnalysisResult:
         """JSON-safe additional sections."""
         return {key: value for key, value in self.extra.items() if not key.startswith("_")}
 
-    def to_json(self, path: str | os.PathLike) -> Path:
-        """Write the JSON twin atomically."""
-        text = json.dumps(self.to_dict(), indent=2, sort_keys=False, allow_nan=False)
+    def to_json(self, path: str | os.PathLike, full: bool = False) -> Path:
+        """Write the JSON twin atomically, compact (no indentation); `full` as in `to_dict`."""
+        text = json.dumps(self.to_dict(full), separators=(",", ":"), allow_nan=False)
         return write_atomic(path, text + "\n")
 
     def to_html(self, path: str | os.PathLike) -> Path:
@@ -128,3 +137,22 @@ class AnalysisResult:
         from keraslens.report import render_html
 
         return write_atomic(path, render_html(self))
+
+
+def _layer_entry(stats: LayerStats, full: bool) -> dict[str, Any]:
+    """A layer's JSON entry. Without `full` it leaves out the capture histogram (hundreds
+    of fixed buckets; activation-stats keeps at most 64 bins of it) and, for a layer of
+    more than `FULL_UNITS` units, its arrays of one value per unit; `omitted` names them."""
+    entry = stats.to_dict()
+    if full:
+        return entry
+    omitted = ["histogram"]
+    if stats.units > FULL_UNITS:
+        omitted += [
+            key
+            for key, value in entry.items()
+            if isinstance(value, list) and len(value) == stats.units and key != "shape"
+        ]
+    kept = {key: value for key, value in entry.items() if key not in omitted}
+    kept["omitted"] = omitted
+    return kept

@@ -6,6 +6,7 @@ defaults of thresholds, chart geometry); the template only lays it out.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -19,11 +20,26 @@ from keraslens.report import charts
 from keraslens.report.training import training_view
 from keraslens.result import AnalysisResult, PluginRun
 
-MAX_TABLE_ROWS = 200
+MAX_TABLE_ROWS = 100
 """Rows shown per table; the JSON twin holds them all."""
+
+OPEN_ROWS = 12
+"""Rows a table shows before it folds behind its title and row count."""
+
+OPEN_FINDINGS = 8
+"""Findings a findings table shows before the rest are folded behind "N more"."""
+
+MAX_UNIT_ROWS = 32
+"""Units listed in a layer's per-unit table (the flagged ones first)."""
+
+MAX_LAYER_SECTIONS = 60
+"""Layers given a section of their own (the worst first); the others share one table."""
 
 MAX_UNITS_LISTED = 12
 """Unit indices spelled out in a finding before "and N more"."""
+
+FACT_NAMES = ("Type", "Activation", "Output shape", "Units", "Samples")
+"""What the report states about every layer."""
 
 _SEVERITY_RANK = {"error": 0, "warning": 1, "info": 2}
 
@@ -56,6 +72,7 @@ class FindingView:
     plugin: str
     label: str
     message: str
+    more: str
     layer: str | None
     units: str
     value: Any
@@ -64,6 +81,7 @@ class FindingView:
     default: Any
     fix: str
     target: str
+    unit_indices: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -94,6 +112,8 @@ def build(result: AnalysisResult, defaults: dict[str, dict[str, Any]]) -> dict[s
         "header": _header(result.meta),
         "status": result.status,
         "counts": result.counts,
+        "open_rows": OPEN_ROWS,
+        "open_findings": OPEN_FINDINGS,
         "findings": findings,
         "errors": [
             {"name": run.name, "error": run.error, "target": anchors("plugin", run.name)}
@@ -102,10 +122,37 @@ def build(result: AnalysisResult, defaults: dict[str, dict[str, Any]]) -> dict[s
         "plugins": [
             _plugin_view(run, anchors, findings, defaults) for run in result.plugins.values()
         ],
-        "layers": [
-            _layer_view(name, result.stats.get(name), findings, anchors) for name in layer_names
-        ],
+        **_layers_view(result, layer_names, findings, anchors),
         "training": training_view(result.extra.get("training"), anchors),
+    }
+
+
+def _layers_view(
+    result: AnalysisResult,
+    layer_names: list[str],
+    findings: list[FindingView],
+    anchors: Anchors,
+) -> dict[str, Any]:
+    """The worst layers (those with findings, most severe first) get sections; every other
+    layer is one row of a compact table, so a model of hundreds of layers stays short."""
+    views = [_layer_view(n, result.stats.get(n), findings, anchors) for n in layer_names]
+    order = {"error": 0, "warning": 1, "info": 2, "ok": 3}
+    ranked = sorted(views, key=lambda v: order[v.status])  # stable: model order within
+    flagged = [v for v in ranked if v.status != "ok"]
+    sections = flagged[:MAX_LAYER_SECTIONS]
+    rest = [v for v in ranked if v not in sections]
+    return {
+        "layers": sections,
+        "fact_names": FACT_NAMES,
+        "other_layers": [
+            {
+                "anchor": v.anchor,
+                "name": v.name,
+                "status": v.status,
+                "cells": [dict(v.facts).get(key, "") for key in FACT_NAMES],
+            }
+            for v in rest
+        ],
     }
 
 
@@ -152,6 +199,7 @@ def _finding_view(
 ) -> FindingView:
     plugin, _, key = (finding.threshold_name or "").partition(".")
     default = defaults.get(plugin or finding.plugin, {}).get(key) if key else None
+    message, more = _first_sentence(finding.message)
     target = (
         anchors("layer", finding.layer)
         if finding.layer in layer_names
@@ -161,7 +209,8 @@ def _finding_view(
         severity=finding.severity,
         plugin=finding.plugin,
         label=finding.label or finding.severity,
-        message=finding.message,
+        message=message,
+        more=more,
         layer=finding.layer,
         units=_units(finding.units),
         value=finding.value,
@@ -170,6 +219,7 @@ def _finding_view(
         default=default,
         fix=finding.fix,
         target=target,
+        unit_indices=list(finding.units),
     )
 
 
@@ -194,6 +244,7 @@ def _plugin_view(
         "findings": [f for f in findings if f.plugin == run.name],
         "tables": [_table_view(t) for t in result.tables] if result else [],
         "figures": list(result.figures) if result else [],
+        "seconds": run.seconds or None,
     }
 
 
@@ -203,6 +254,7 @@ def _table_view(table: Table) -> dict[str, Any]:
         "layer": table.layer,
         "columns": table.columns,
         "rows": table.rows[:MAX_TABLE_ROWS],
+        "count": len(table.rows),
         "hidden": max(0, len(table.rows) - MAX_TABLE_ROWS),
     }
 
@@ -219,20 +271,23 @@ def _layer_view(
         findings=mine,
     )
     if stats is not None:
-        view.facts = [
-            ("Type", stats.layer_type),
-            ("Activation", stats.activation or "none"),
-            ("Output shape", _shape(stats.shape)),
-            ("Units", stats.units),
-            ("Samples", stats.samples),
-        ]
-        view.histogram = charts.histogram(*stats.histogram())
-        view.zero_fraction = stats.zero_fraction
-        view.units = _unit_table(stats)
+        values = (
+            stats.layer_type,
+            stats.activation or "none",
+            _shape(stats.shape),
+            stats.units,
+            stats.samples,
+        )
+        view.facts = list(zip(FACT_NAMES, values, strict=True))
+        if mine:
+            view.histogram = charts.histogram(*stats.histogram())
+            view.zero_fraction = stats.zero_fraction
+            view.units = _unit_table(stats, [u for f in mine for u in f.unit_indices])
     return view
 
 
-def _unit_table(stats: LayerStats) -> dict[str, Any]:
+def _unit_table(stats: LayerStats, flagged: list[int]) -> dict[str, Any]:
+    """At most `MAX_UNIT_ROWS` units: those the findings name first, then by index."""
     finite = stats.finite_count > 0
     columns = {
         "mean": np.where(finite, stats.mean, np.nan),
@@ -242,13 +297,26 @@ def _unit_table(stats: LayerStats) -> dict[str, Any]:
         "firing rate": stats.firing_rate,
         "non-finite": stats.nan_count + stats.inf_count,
     }
-    shown = min(stats.units, MAX_TABLE_ROWS)
-    rows = [[unit, *(column[unit] for column in columns.values())] for unit in range(shown)]
+    named = [u for u in dict.fromkeys(flagged) if 0 <= u < stats.units][:MAX_UNIT_ROWS]
+    others = (u for u in range(stats.units) if u not in set(named))
+    shown = named + list(itertools.islice(others, MAX_UNIT_ROWS - len(named)))
+    rows = [[unit, *(column[unit] for column in columns.values())] for unit in shown]
     return {
         "columns": ["unit", *columns],
         "rows": rows,
-        "hidden": stats.units - shown,
+        "count": stats.units,
+        "hidden": stats.units - len(shown),
     }
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?:])\s+(?=[A-Z])")
+
+
+def _first_sentence(message: str) -> tuple[str, str]:
+    """A finding's message split after its first sentence: the rest folds away, so a
+    table of many findings stays one line or two per finding."""
+    parts = _SENTENCE_END.split(message, maxsplit=1)
+    return (parts[0], parts[1]) if len(parts) == 2 else (message, "")
 
 
 def _units(units: list[int]) -> str:

@@ -1,0 +1,142 @@
+"""Time and size of a full default report on a keras.applications model, against predict.
+
+Runs what `keraslens report` runs (`keraslens.analyze` with the default plugins, then
+the HTML and the JSON twin) on a random-weight model and random data, and one plain
+`model.predict` over the same data, in one process. Prints the report time divided by
+the predict time, each plugin's time, and the sizes of the HTML and the JSON twin
+(and of the full JSON, `to_json(full=True)`).
+
+With `--maximize`: milliseconds per step of `keraslens.maximize` on the digits CNN at
+32x32 (scikit-learn's digits upscaled, 10 classes in one batch), against tf-keras-vis's
+`ActivationMaximization` with the same settings (the loop keraslens used before).
+
+    python benchmarks/report.py [--model ResNet50] [--size 64] [--samples 512]
+    python benchmarks/report.py --maximize [--steps 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keraslens  # noqa: E402
+
+
+def build(name: str, size: int, classes: int) -> keras.Model:
+    """A random-weight keras.applications model with a softmax head."""
+    keras.utils.set_random_seed(0)
+    return getattr(keras.applications, name)(
+        weights=None, input_shape=(size, size, 3), classes=classes
+    )
+
+
+def digits_cnn() -> tuple[keras.Model, np.ndarray]:
+    """A small CNN briefly trained on scikit-learn's digits upscaled to 32x32."""
+    from sklearn.datasets import load_digits
+
+    keras.utils.set_random_seed(0)
+    data = load_digits()
+    x = np.kron(data.images / 16.0, np.ones((4, 4))).astype(np.float32)[..., None]
+    layers = keras.layers
+    model = keras.Sequential(
+        [
+            keras.Input((32, 32, 1)),
+            layers.Conv2D(32, 3, activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Conv2D(64, 3, activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Flatten(),
+            layers.Dense(64, activation="relu"),
+            layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, data.target, epochs=1, batch_size=64, verbose=0)
+    return model, x
+
+
+def per_step(steps: int) -> None:
+    """Milliseconds per step, keraslens against tf-keras-vis, 10 classes in one batch."""
+    from tf_keras_vis.activation_maximization import ActivationMaximization
+    from tf_keras_vis.activation_maximization.regularizers import Norm, TotalVariation2D
+    from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+    from tf_keras_vis.utils.scores import CategoricalScore
+
+    model, _ = digits_cnn()
+    classes = list(range(10))
+    keraslens.maximize(model, None, classes, steps=2)  # trace once, as a second call would
+    started = time.perf_counter()
+    keraslens.maximize(model, None, classes, steps=steps)
+    ours = (time.perf_counter() - started) / steps * 1e3
+    visualizer = ActivationMaximization(model, model_modifier=ReplaceToLinear(), clone=True)
+    seed = np.random.default_rng(0).uniform(0, 1, (10, 32, 32, 1)).astype(np.float32)
+    arguments = dict(
+        seed_input=seed,
+        input_range=(0.0, 1.0),
+        regularizers=[Norm(0.5), TotalVariation2D(5.0)],
+        optimizer=keras.optimizers.Adam(0.05),
+    )
+    visualizer(CategoricalScore(classes), steps=2, **arguments)
+    arguments["optimizer"] = keras.optimizers.Adam(0.05)
+    started = time.perf_counter()
+    visualizer(CategoricalScore(classes), steps=steps, **arguments)
+    theirs = (time.perf_counter() - started) / steps * 1e3
+    print(f"digits CNN 32x32, 10 classes in one batch, {steps} steps")
+    print(f"keraslens.maximize      {ours:7.2f} ms per step")
+    print(f"tf-keras-vis            {theirs:7.2f} ms per step  ({theirs / ours:.1f} x keraslens)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="ResNet50")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--samples", type=int, default=512)
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--maximize", action="store_true", help="Time activation maximization.")
+    parser.add_argument("--steps", type=int, default=50)
+    args = parser.parse_args()
+    if args.maximize:
+        per_step(args.steps)
+        return
+    model = build(args.model, args.size, args.classes)
+    x = np.random.default_rng(0).uniform(0, 1, (args.samples, args.size, args.size, 3))
+    x = x.astype(np.float32)
+    model.predict(x[:32], verbose=0)  # compile once, as a report's capture would
+    started = time.perf_counter()
+    model.predict(x, batch_size=256, verbose=0)
+    predict = time.perf_counter() - started
+
+    started = time.perf_counter()
+    result = keraslens.analyze(model, x)
+    analysed = time.perf_counter() - started
+    with tempfile.TemporaryDirectory() as tmp:
+        html, twin, full = Path(tmp, "r.html"), Path(tmp, "r.json"), Path(tmp, "full.json")
+        result.to_html(html)
+        result.to_json(twin)
+        total = time.perf_counter() - started
+        result.to_json(full, full=True)
+        sizes = [p.stat().st_size / 1e6 for p in (html, twin, full)]
+
+    layers = len(result.stats)
+    print(f"{args.model} {args.size}x{args.size}, {args.samples} samples, {layers} layers")
+    print(f"predict            {predict:8.2f} s")
+    print(f"report             {total:8.2f} s  = {total / predict:.1f} x predict")
+    print(f"  analyze          {analysed:8.2f} s")
+    print(f"  render and write {total - analysed:8.2f} s")
+    for name, run in result.plugins.items():
+        state = "" if run.error is None else f"  ERROR {run.error[:80]}"
+        print(f"  {name:24s} {run.seconds:8.2f} s{state}")
+    print(f"HTML {sizes[0]:.2f} MB, JSON {sizes[1]:.2f} MB, full JSON {sizes[2]:.2f} MB")
+    print(f"status {result.status}, counts {result.counts}")
+
+
+if __name__ == "__main__":
+    main()
