@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 from metrics_cases import Echo, constant, linear
+from scipy.stats import spearmanr
 
 import keraslens
 
@@ -47,20 +48,17 @@ def test_a_constant_model_fails_random_logit_and_randomisation(x):
 
 
 def test_randomisation_explains_the_randomised_weights_not_the_original_ones(x):
-    # With the original weights kept (Xplique's bug), saliency of a linear model would
-    # correlate exactly 1 with itself; permuted weights give an unrelated map.
+    # Saliency of a linear model is |W[:, target]|. Had the metric kept the original
+    # weights (Xplique's bug), it would correlate exactly 1 with itself; it must equal
+    # the correlation with the kernel permuted as the metric permutes it (seed 0, entries).
     model = linear((6, 6, 1), 3)
-    entry = keraslens.evaluate(model, x, "saliency", ["randomisation"], targets=0)
     kernel = model.layers[-1].get_weights()[0]
-    assert entry["randomisation"]["mean"] < 0.5
-    from scipy.stats import spearmanr
-
-    weights = model.layers[-1].get_weights()[0]
-    np.testing.assert_array_equal(weights, kernel)  # the model itself is untouched
-    rng = np.random.default_rng(0)
-    permuted = rng.permutation(kernel.ravel()).reshape(kernel.shape)  # the metric's seed-0 draw
+    entry = keraslens.evaluate(model, x, "saliency", ["randomisation"], targets=0)
+    permuted = np.random.default_rng(0).permutation(kernel.ravel()).reshape(kernel.shape)
     expected = spearmanr(np.abs(kernel[:, 0]), np.abs(permuted[:, 0])).statistic
     np.testing.assert_allclose(entry["randomisation"]["per_sample"], expected, atol=1e-9)
+    assert expected < 0.5
+    np.testing.assert_array_equal(model.layers[-1].get_weights()[0], kernel)  # model untouched
 
 
 def test_a_map_of_the_input_survives_every_stage_of_randomisation(x):
@@ -77,3 +75,18 @@ def test_cascading_randomisation_of_saliency_falls_below_the_limit(x):
     assert len(entry["cascading"]["mean"]) == 2 and entry["mean"] < 0.5
     for kept, now in zip(before, model.get_weights(), strict=True):
         np.testing.assert_array_equal(kept, now)
+
+
+def test_full_randomisation_agrees_with_the_independent_sanity_check_of_vis(x):
+    from keraslens.vis.sanity import randomization_test
+
+    # Both permute each trainable tensor's entries with default_rng(seed), in model order.
+    model = _two_layers()
+    ours = keraslens.evaluate(model, x, "saliency", ["randomisation"], targets=2)
+    theirs = randomization_test(model, x, "saliency", targets=2)  # the tf-keras-vis path
+    np.testing.assert_allclose(ours["randomisation"]["per_sample"], theirs.correlation, atol=1e-6)
+
+
+def test_flat_trained_maps_are_counted_and_fail(x):
+    scores = keraslens.evaluate(constant((6, 6, 1)), x, "saliency", ["randomisation"])
+    assert scores["randomisation"]["flat_maps"] == len(x)

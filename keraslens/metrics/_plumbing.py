@@ -122,12 +122,17 @@ def _losing_blur(explained: Any) -> np.ndarray:
             "'zeros' or 'mean'."
         )
     sigmas = 2.0 ** np.arange(0, np.ceil(np.log2(max(positions_of(x)))) + 1)
-    spatial = x.ndim - 2
-    blurs = np.stack([gaussian_filter(x, (0, *[s] * spatial, 0)) for s in sigmas], axis=1)
-    logits = explained.scorer.outputs(blurs.reshape(-1, *x.shape[1:]), len(sigmas))
-    lost = logits.reshape(len(x), len(sigmas), -1).argmax(-1) != explained.targets[:, None]
-    choice = np.where(lost.any(axis=1), lost.argmax(axis=1), len(sigmas) - 1)
-    return blurs[np.arange(len(x)), choice]
+    start = np.empty_like(x)
+    pending = np.ones(len(x), bool)
+    for sigma in sigmas:  # whole batches (the scorer takes contiguous samples), until done
+        blurred = gaussian_filter(x, (0, *[sigma] * (x.ndim - 2), 0))
+        lost = explained.scorer.outputs(blurred).argmax(-1) != explained.targets
+        done = pending & (lost | (sigma == sigmas[-1]))
+        start[done] = blurred[done]
+        pending &= ~done
+        if not pending.any():
+            break
+    return start
 
 
 def unit_mask(maps: np.ndarray) -> np.ndarray:
@@ -154,6 +159,11 @@ def correlation(a: np.ndarray, b: np.ndarray, undefined: float = 0.0) -> np.ndar
     # Relative tolerance: float32 noise on a constant row must not read as a correlation.
     defined = norm > 1e-12 * np.maximum(1.0, np.abs(dot))
     return np.where(defined, dot / np.where(defined, norm, 1.0), undefined)
+
+
+def flat_maps(maps: np.ndarray) -> int:
+    """How many samples' maps are one constant (they rank nothing)."""
+    return int((np.ptp(flat(maps), axis=1) == 0).sum())
 
 
 def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ class MuFidelity(Metric):
     )
     better = "higher"
     options = {
-        "samples": Option(int, 128, "Random subsets per sample.", min=2, max=65536),
+        "samples": Option(int, 64, "Random subsets per sample.", min=2, max=65536),
         "subset": Option(float, 0.2, "Fraction of the positions in each subset.", min=0.0, max=1.0),
         "baseline": Deletion.options["baseline"],
         "seed": Option(int, 0, "Seed of the subsets.", min=0),
@@ -37,7 +37,7 @@ class MuFidelity(Metric):
         count = max(1, int(round(self.subset * relevance.shape[1])))
         rng = np.random.default_rng(self.seed)
         draws = rng.random((len(relevance), self.samples, relevance.shape[1]))
-        chosen = np.argsort(draws, axis=2)[:, :, :count]
+        chosen = np.argpartition(draws, count - 1, axis=2)[:, :, :count]
         subsets = np.zeros(draws.shape, bool)
         np.put_along_axis(subsets, chosen, True, axis=2)
         baseline = _plumbing.start_image(self.baseline, explained)

@@ -18,6 +18,8 @@ class RandomLogit(Metric):
     Sixt et al. (2020) showed that several modified-backprop methods give the same map
     for every class; this is their check, measured with Spearman's rank correlation as
     the randomisation test is (see `docs/metrics.md` for SSIM in Quantus and Xplique).
+    Two flat maps count as identical (a map that ranks nothing fails); `flat_maps` says
+    how many of the target class's maps were flat.
     """
 
     name = "random-logit"
@@ -38,4 +40,5 @@ class RandomLogit(Metric):
         shift = rng.integers(1, classes, len(explained.targets))
         others = ((explained.targets + shift) % classes).astype(np.int32)
         fresh = explained.reattribute(targets=others)
-        return Score(_plumbing.similarity(explained.relevance, fresh), {"classes": others.tolist()})
+        extra = {"classes": others.tolist(), "flat_maps": _plumbing.flat_maps(explained.relevance)}
+        return Score(_plumbing.similarity(explained.relevance, fresh), extra)

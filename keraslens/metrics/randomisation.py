@@ -23,6 +23,8 @@ class Randomisation(Metric):
     each of its trainable tensors (scale and sign kept, what training put there lost), with
     a fixed seed. One copy of the model is made and its weights are set stage by stage, so
     its compiled attribution function is traced once, and reads each stage's weights.
+    Two flat maps count as identical: a map that ranks nothing (Grad-CAM's ReLU can remove
+    it all) fails; `flat_maps` says how many trained maps were flat.
     """
 
     name = "randomisation"
@@ -49,7 +51,11 @@ class Randomisation(Metric):
         names = list(reversed(layers))
         stages = [names[: k + 1] for k in range(len(names))]
         cascading = self._similarities(explained, copy, trained, shuffled, layers, stages)
-        extra = {"layers": names, "cascading": _curve(cascading)}
+        extra = {
+            "layers": names,
+            "cascading": _curve(cascading),
+            "flat_maps": _plumbing.flat_maps(explained.relevance),
+        }
         if self.independent:
             alone = [[name] for name in names]
             extra["independent"] = _curve(

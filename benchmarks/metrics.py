@@ -1,0 +1,126 @@
+"""Milliseconds per image of each explanation metric, for Grad-CAM and saliency maps.
+
+The model is a digits CNN at 32x32 (scikit-learn's digits upscaled, softmax head, about
+25k parameters, trained for a few epochs); 64 validation images, true-label targets.
+Each method's maps are computed once; then every metric scores them, and the time of
+`metric.score` alone is taken (the median of `--rounds` runs after one warm-up run that
+traces the compiled functions). The metrics that need fresh attributions (max-sensitivity,
+random-logit, randomisation) include them. The reference: Xplique 2.0.2's deletion plus
+insertion at 16 steps costs 8.3 ms per image on this kind of machine (issue 17).
+
+    python benchmarks/metrics.py [--rounds 3] [--images 64] [--epochs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keraslens  # noqa: E402
+from keraslens.attr.api import build_method  # noqa: E402
+from keraslens.attr.graph import score_graph  # noqa: E402
+from keraslens.attr.inputs import model_inputs  # noqa: E402
+from keraslens.attr.scorer import Scorer  # noqa: E402
+from keraslens.metrics import METRICS, Explained, verdict  # noqa: E402
+
+XPLIQUE_DELETION_INSERTION_MS = 8.3
+
+
+def digits_32(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """scikit-learn's digits, bilinearly upscaled to 32x32, in [0, 1]: train and validation."""
+    import tensorflow as tf
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = tf.image.resize(bunch.images[..., None] / 16.0, (32, 32)).numpy().astype("float32")
+    order = np.random.default_rng(seed).permutation(len(x))
+    x, y = x[order], bunch.target[order]
+    split = int(0.8 * len(x))
+    return x[:split], y[:split], x[split:], y[split:]
+
+
+def digits_cnn(seed: int = 0) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input((32, 32, 1)),
+            keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="conv1"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv2"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10, activation="softmax", name="digits"),
+        ]
+    )
+
+
+def explained(model, x, y, method_name) -> Explained:
+    """The batch with its maps, as `keraslens.evaluate` builds it."""
+    method = build_method(method_name, {})
+    specs, feeds = model_inputs(model, x)
+    scorer = Scorer(score_graph(model, specs, 0), feeds, y)
+    maps = keraslens.attribute(model, x, method, scorer.targets)
+    return Explained(model, scorer, maps, method, {"input": 0}, feeds)
+
+
+def time_metric(metric, batch: Explained, rounds: int) -> tuple[float, dict]:
+    """Median seconds of `metric.score(batch)` over `rounds`, after a warm-up, and its
+    summary."""
+    score = metric.score(batch)
+    seconds = []
+    for _ in range(rounds):
+        batch._cache.clear()  # shared work (clean and masked scores) is timed every round
+        start = time.perf_counter()
+        metric.score(batch)
+        seconds.append(time.perf_counter() - start)
+    values = np.asarray(score.per_sample, dtype=float)
+    return statistics.median(seconds), {"mean": float(np.nanmean(values)), "values": values}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=3)
+    args = parser.parse_args()
+
+    x_train, y_train, x_val, y_val = digits_32()
+    model = digits_cnn()
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x_train, y_train, epochs=args.epochs, batch_size=64, verbose=0)
+    accuracy = model.evaluate(x_val, y_val, verbose=0)[1]
+    x, y = x_val[: args.images], y_val[: args.images]
+    print(f"digits CNN 32x32, {model.count_params()} parameters, val accuracy {accuracy:.3f}")
+    print(f"{len(x)} images, {args.rounds} rounds; ms per image (metric.score alone) and mean")
+    header = f"{'metric':<18}" + "".join(f"{m:>22}" for m in ("gradcam", "saliency"))
+    print(header)
+    results = {}
+    totals = {}
+    batches = {name: explained(model, x, y, name) for name in ("gradcam", "saliency")}
+    for metric_name, cls in METRICS.items():
+        cells = []
+        for method_name, batch in batches.items():
+            seconds, summary = time_metric(cls(), batch, args.rounds)
+            ms = seconds / len(x) * 1e3
+            totals.setdefault(method_name, {})[metric_name] = ms
+            results.setdefault(method_name, {})[metric_name] = {"mean": summary["mean"]}
+            cells.append(f"{ms:9.2f} ms  {summary['mean']:8.3f}")
+        print(f"{metric_name:<18}" + "".join(f"{c:>22}" for c in cells))
+    for method_name, ms in totals.items():
+        both = ms["deletion"] + ms["insertion"]
+        print(
+            f"{method_name}: deletion + insertion (16 steps) {both:.2f} ms per image, "
+            f"{both / XPLIQUE_DELETION_INSERTION_MS:.2f} x Xplique's 8.3; verdict: "
+            f"{verdict(results[method_name])}"
+        )
+
+
+if __name__ == "__main__":
+    main()
