@@ -2,52 +2,79 @@
 
 Commands parse their arguments, call the library and print; the work lives in
 `keraslens.io`, `keraslens.config`, `keraslens.gate`, `keraslens.runner` and
-`keraslens.report`.
+`keraslens.report`. Paths, settings and rules are checked before TensorFlow is
+imported, so `--help` and a mistyped path answer at once.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
+import stat
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from keraslens import __version__, config, gate, io
-from keraslens import plugins as registry
-from keraslens.capture.distributed import capture_strategy, strategy_named
+from keraslens import __version__, config, gate, paths
 from keraslens.errors import KeraslensError
-from keraslens.result import AnalysisResult
-from keraslens.runner import analyze, prepare_runs
+
+if TYPE_CHECKING:
+    from keraslens.result import AnalysisResult
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 SEED = click.IntRange(*config.SEED_RANGE)
 
 
 class Console:
-    """Where the command prints: quiet, normal or verbose; progress only on a terminal."""
+    """Where a command prints: results on stdout; progress, warnings and errors on stderr.
+
+    On a terminal the capture shows a bar; elsewhere (a CI log, a pipe) plain progress
+    lines, at most one every `PROGRESS_SECONDS` and one at the end.
+    """
+
+    PROGRESS_SECONDS = 5.0
 
     def __init__(self, verbose: bool = False, quiet: bool = False) -> None:
         self.verbose, self.quiet = verbose, quiet
         self.interactive = not quiet and sys.stderr.isatty()
         self._bar: Any = None
         self._done = 0
+        self._last_line = time.monotonic()
 
     def say(self, message: str) -> None:
         if not self.quiet:
             click.echo(message)
+
+    def step(self, message: str) -> None:
+        """One progress line on stderr, such as "Loading model m.keras"."""
+        if not self.quiet:
+            self._close_bar()
+            click.echo(message, err=True)
+
+    def warn(self, message: str) -> None:
+        if not self.quiet:
+            click.echo(f"Warning: {message}", err=True)
 
     def detail(self, message: str) -> None:
         if self.verbose and not self.quiet:
             click.echo(message, err=True)
 
     def capture_progress(self, done: int, total: int | None) -> None:
-        """`progress` callback of `analyze`: a bar over the capture batches."""
+        """`progress` callback of `analyze`: samples captured so far."""
+        if self.quiet:
+            return
         if not self.interactive:
+            now, finished = time.monotonic(), total is not None and done >= total
+            if finished or now - self._last_line >= self.PROGRESS_SECONDS:
+                self._last_line = now
+                of = f"/{total}" if total is not None else ""
+                click.echo(f"Capturing: {done}{of} samples", err=True)
             return
         if self._bar is None:
             self._bar = click.progressbar(length=total, label="Capturing", file=sys.stderr)
@@ -57,9 +84,7 @@ class Console:
 
     def plugin_progress(self, name: str, index: int, count: int) -> None:
         """`plugin_progress` callback of `analyze`: one line per plugin."""
-        self._close_bar()
-        if self.interactive or self.verbose:
-            click.echo(f"[{index + 1}/{count}] {name}", err=True)
+        self.step(f"[{index + 1}/{count}] {name}")
 
     def finish(self) -> None:
         """Close the progress bar, if one is showing."""
@@ -72,7 +97,8 @@ class Console:
 
 
 def verbosity(command: Callable) -> Callable:
-    """Add -v/-q and --version, and turn user errors into one line (exit 2)."""
+    """Add -v/-q and --version; a `KeraslensError` becomes one line (exit 2), anything
+    else is a bug: its traceback and exit 4, never an exit code a gate could misread."""
 
     @click.option("-v", "--verbose", is_flag=True, help="Print details and tracebacks.")
     @click.option("-q", "--quiet", is_flag=True, help="Print only errors.")
@@ -82,13 +108,37 @@ def verbosity(command: Callable) -> Callable:
         console = Console(verbose, quiet)
         try:
             return command(*args, console=console, **kwargs)
-        except (KeraslensError, ValueError, OSError) as error:
+        except KeraslensError as error:
+            console.finish()
             if verbose:
                 traceback.print_exc()
             click.echo(f"Error: {error}", err=True)
             sys.exit(gate.EXIT_USAGE)
+        except Exception as error:
+            console.finish()
+            traceback.print_exc()
+            click.echo(
+                f"Internal error: {type(error).__name__}: {error}. This is a bug in keraslens "
+                "or a plugin, not in your input; please report it with the traceback above.",
+                err=True,
+            )
+            sys.exit(gate.EXIT_INTERNAL)
 
     return wrapper
+
+
+def _rescale(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """`--rescale 1/255` or `--rescale 0.5` as a positive number."""
+    if value is None:
+        return None
+    numerator, slash, denominator = value.partition("/")
+    try:
+        factor = float(numerator) / float(denominator) if slash else float(value)
+    except (ValueError, ZeroDivisionError):
+        factor = float("nan")
+    if not factor > 0 or factor == float("inf"):
+        raise click.BadParameter(f"{value!r} is not a positive number such as 1/255 or 0.5.")
+    return factor
 
 
 def analysis_options(command: Callable) -> Callable:
@@ -150,7 +200,23 @@ def analysis_options(command: Callable) -> Callable:
         click.option(
             "--unsafe",
             is_flag=True,
-            help="Allow a model file that carries Python code (Lambda layers).",
+            help="Allow a model that runs code when loaded: Python code (Lambda layers), "
+            "a TFSMLayer, a SavedModel directory. Only for models you trust.",
+        ),
+        click.option(
+            "--import",
+            "imports",
+            multiple=True,
+            metavar="MODULE",
+            help="Import this module before loading, so that the custom objects it registers "
+            "are known (repeatable; runs its code).",
+        ),
+        click.option(
+            "--rescale",
+            callback=_rescale,
+            metavar="FACTOR",
+            help="Multiply the pixels of a folder of images, e.g. 1/255 for a model "
+            "trained on 0..1.",
         ),
         click.option(
             "--json",
@@ -191,8 +257,8 @@ def cli() -> None:
 @verbosity
 def report(console: Console, output: str, json_path: str | None, **kwargs: Any) -> None:
     """Analyse MODEL on DATA and write a self-contained HTML report."""
-    result = _run(console, {"-o/--output": output, "--json": json_path}, **kwargs)
-    _write(console, result, output, json_path)
+    result, targets = _run(console, {"-o/--output": output, "--json": json_path}, **kwargs)
+    _write(console, result, targets)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -228,15 +294,23 @@ def check(
     **kwargs: Any,
 ) -> None:
     """A CI gate: exit 0 when clean, 1 when a threshold is crossed, 2 on usage errors,
-    3 when a plugin could not run."""
+    3 when a plugin could not run, 4 on an internal error."""
     rules = [gate.Rule.parse(text) for text in fail_on]
     accepted = gate.read_baseline(baseline) if baseline else None
     gate.check_rules(rules, accepted)
-    result = _run(console, {"-o/--output": output, "--json": json_path}, rules=rules, **kwargs)
+    result, targets = _run(
+        console,
+        {"-o/--output": output, "--json": json_path},
+        rules=rules,
+        baseline=baseline,
+        **kwargs,
+    )
     twin = result.to_dict()
+    if accepted is not None:
+        gate.check_baseline(accepted, twin, baseline)
     violations = gate.evaluate(rules, twin, accepted)
     code = gate.exit_code(twin, violations, fail_on_warning)
-    _write(Console(quiet=True), result, output, json_path)
+    _write(Console(quiet=True), result, targets)
     if output_format == "json":
         click.echo(json.dumps(_verdict(twin, violations, code), indent=2))
     else:
@@ -248,6 +322,8 @@ def check(
 @verbosity
 def plugins(console: Console) -> None:
     """List installed plugins: distribution, version, options and status."""
+    from keraslens import plugins as registry
+
     for info in registry.available():
         source = " ".join(filter(None, [info.distribution, info.version])) or "unknown"
         console.say(f"{info.name}  [{info.status}]  {source}")
@@ -283,10 +359,10 @@ def demo(
     console: Console, output: str, json_path: str | None, seed: int, epochs: int, minimal: bool
 ) -> None:
     """Train a small CNN on scikit-learn's digits and write its report (no download)."""
+    targets = paths.check_outputs({"-o/--output": output, "--json": json_path}, {})
+    console.step(f"Training a small CNN on scikit-learn's digits ({epochs} epochs) ...")
     from keraslens import demo as demo_module
 
-    _check_outputs({"-o/--output": output, "--json": json_path}, {})
-    console.say(f"Training a small CNN on scikit-learn's digits ({epochs} epochs) ...")
     result = demo_module.run(
         seed=seed,
         epochs=epochs,
@@ -294,7 +370,7 @@ def demo(
         progress=console.capture_progress,
         plugin_progress=console.plugin_progress,
     )
-    _write(console, result, output, json_path)
+    _write(console, result, targets)
 
 
 def _run(
@@ -307,30 +383,55 @@ def _run(
     config_path: str | None,
     option_items: tuple[str, ...],
     unsafe: bool,
+    imports: tuple[str, ...],
+    rescale: float | None,
     strategy: str | None,
     rules: list[gate.Rule] | None = None,
+    baseline: str | None = None,
     **flags: Any,
-) -> AnalysisResult:
-    """Check every output path, setting and rule, load model and data, and analyse."""
-    _check_outputs(
-        outputs,
-        {"MODEL": model_path, "--data": data_spec, "--labels": labels, "--config": config_path},
-    )
-    # A multi-worker strategy must exist before TensorFlow runs anything.
-    distribution = strategy_named(strategy)
+) -> tuple[AnalysisResult, dict[str, Path]]:
+    """Check every path, setting and rule, load model and data, and analyse; return the
+    result and the absolute output targets (fixed now: a plugin's `os.chdir` cannot move
+    them)."""
+    paths.existing(model_path, "Model")
+    inputs = {
+        "MODEL": [Path(model_path)],
+        "--data": _data_inputs(data_spec),
+        "--labels": [Path(labels)] if labels and os.path.lexists(labels) else [],
+        "--config": [Path(config_path)] if config_path else [],
+        "--baseline": [Path(baseline)] if baseline else [],
+        "--import": [f for f in map(paths.module_file, imports) if f is not None],
+    }
+    targets = paths.check_outputs(outputs, inputs)
     settings = config.settings(
         config.read_config(config_path) if config_path else None,
         options=config.parse_options(option_items),
         **flags,
     )
+    console.step("Loading TensorFlow ...")
+    from keraslens import io
+    from keraslens.capture.distributed import capture_strategy, strategy_named
+    from keraslens.runner import analyze, prepare_runs
+
+    # A multi-worker strategy must exist before TensorFlow runs anything.
+    distribution = strategy_named(strategy)
     if rules:
         runs = prepare_runs(settings.plugins, settings.exclude, settings.options, settings.minimal)
         gate.check_plugins(rules, [info.name for info, _, _ in runs])
+    io.import_modules(imports)
+    console.step(f"Loading model {model_path} ...")
     model = io.load_model(model_path, unsafe=unsafe)
-    loaded = io.load_data(data_spec, model, data_key=data_key, labels=labels)
+    console.step(f"Reading data {data_spec} ...")
+    loaded = io.load_data(data_spec, model, data_key=data_key, labels=labels, rescale=rescale)
+    non_finite = io.non_finite(model, loaded.inputs)
+    source = loaded.source
+    if non_finite and non_finite["values"]:
+        note = _non_finite_note(non_finite)
+        console.warn(f"{data_spec}: {note}.")
+        source = f"{source}; {note}"
     console.detail(f"Loaded {model.name} and {loaded.source}.")
     with capture_strategy(distribution):
-        return analyze(
+        result = analyze(
             model,
             loaded.inputs,
             settings.plugins,
@@ -342,44 +443,51 @@ def _run(
             samples=settings.samples,
             seed=settings.seed,
             minimal=settings.minimal,
-            data_source=loaded.source,
+            data_source=source,
             progress=console.capture_progress,
             plugin_progress=console.plugin_progress,
         )
+    result.meta["non_finite"] = non_finite
+    return result, targets
 
 
-def _check_outputs(outputs: dict[str, str | None], inputs: dict[str, str | None]) -> None:
-    """Refuse, before any work, an output path (option -> path, None when not given) that
-    is empty, not writable, given to two options, or one of the `inputs` files."""
-    written: dict[Path, str] = {}
-    for option, path in outputs.items():
-        if path is None:
-            continue
-        if not path:
-            raise KeraslensError(f"{option} is empty: name the file to write.")
-        io.check_writable(path)
-        target = Path(path).resolve()
-        if target in written:
-            raise KeraslensError(
-                f"{written[target]} and {option} both name {path!r}: give each its own file."
-            )
-        written[target] = option
-        for source, given in inputs.items():
-            if given and Path(given).resolve() == target:
-                raise KeraslensError(
-                    f"{option} {path!r} is the {source} file: writing it would overwrite "
-                    "the input. Choose another output path."
-                )
+def _data_inputs(spec: str) -> list[Path]:
+    """The files and folders `--data` reads: the file or folder (with the images under
+    it, which may be links to elsewhere), or the module of a `module:function` loader."""
+    if paths.is_loader(spec):
+        module = paths.module_file(spec.partition(":")[0])
+        return [module] if module is not None else []
+    path = Path(spec)
+    if stat.S_ISDIR(paths.existing_data(spec).st_mode):
+        return [path, *paths.image_files(path)]
+    return [path]
 
 
-def _write(console: Console, result: AnalysisResult, output: str | None, json_path: str | None):
+def _non_finite_note(counts: dict[str, Any]) -> str:
+    return (
+        f"{counts['values']} non-finite values (NaN or Inf) in {counts['samples']} samples, "
+        f"input {', '.join(counts['inputs'])}"
+    )
+
+
+def _write(console: Console, result: AnalysisResult, targets: dict[str, Path]) -> None:
+    """Write the HTML report and its JSON twin together: both are rendered first, then
+    both replace their files, or neither does."""
+    from keraslens.atomic import write_together
+    from keraslens.report import render_html
+
     console.finish()
-    if output:
-        result.to_html(output)
-        console.say(f"Wrote {output}: {_summary(result.status, result.counts)}")
-    if json_path:
-        result.to_json(json_path)
-        console.say(f"Wrote {json_path}")
+    html, twin = targets.get("-o/--output"), targets.get("--json")
+    files = {}
+    if html is not None:
+        files[html] = render_html(result)
+    if twin is not None:
+        files[twin] = result.to_json_text()
+    write_together(files)
+    if html is not None:
+        console.say(f"Wrote {html}: {_summary(result.status, result.counts)}")
+    if twin is not None:
+        console.say(f"Wrote {twin}")
     for run in result.errors:
         console.say(f"Plugin {run.name} could not run: {run.error}")
 
@@ -394,7 +502,7 @@ def _summary(status: str, counts: dict[str, int]) -> str:
 def _verdict(twin: dict[str, Any], violations: list[gate.Violation], code: int) -> dict:
     return {
         "exit_code": code,
-        "status": {0: "pass", 1: "fail", 3: "error"}[code],
+        "status": _VERDICTS[code].lower(),
         "violations": [v.to_dict() for v in violations],
         "findings": [f for f in twin["findings"] if f["severity"] != "info"],
         "plugin_errors": {
@@ -417,9 +525,15 @@ def _print_verdict(console: Console, twin: dict, violations: list[gate.Violation
         click.echo(
             f"{finding['severity'].upper()} {finding['plugin']}: {where}: {finding['message']}"
         )
+    counts = twin["counts"]
+    crossed = f"{len(violations)} rule{'' if len(violations) == 1 else 's'} crossed"
     console.say(
-        f"{['PASS', 'FAIL', '', 'ERROR'][code]}: {_summary(twin['status'], twin['counts'])}"
+        f"{_VERDICTS[code]}: {crossed}, {counts['error']} errors, {counts['warning']} warnings, "
+        f"{counts['plugin_errors']} plugin errors"
     )
+
+
+_VERDICTS = {gate.EXIT_CLEAN: "PASS", gate.EXIT_FAILED: "FAIL", gate.EXIT_PLUGIN_ERROR: "ERROR"}
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from keraslens import paths
 from keraslens.errors import KeraslensError
 
 
@@ -63,11 +64,19 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     """The settings in a TOML file, checked for unknown keys and wrong types."""
     tomllib = _toml_reader()
     target = Path(path)
+    paths.existing(target, "Config file", folder_ok=False)
     try:
         with target.open("rb") as stream:
             raw = tomllib.load(stream)
-    except FileNotFoundError:
-        raise KeraslensError(f"Config file {str(target)!r} does not exist.") from None
+    except OSError as error:
+        raise KeraslensError(
+            f"Cannot read config file {str(target)!r}: {error.strerror or error}."
+        ) from None
+    except UnicodeDecodeError as error:
+        raise KeraslensError(
+            f"Config file {str(target)!r} is not UTF-8 text (at byte {error.start}); save it "
+            "as UTF-8."
+        ) from None
     except tomllib.TOMLDecodeError as error:
         raise KeraslensError(f"Config file {str(target)!r} is not valid TOML: {error}.") from None
     unknown = sorted(set(raw) - _KEYS)

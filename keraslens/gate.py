@@ -19,12 +19,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from keraslens import paths
 from keraslens.errors import KeraslensError
 
 EXIT_CLEAN = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_PLUGIN_ERROR = 3
+EXIT_INTERNAL = 4
 
 _OPERATORS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 _RULE_RE = re.compile(
@@ -89,12 +91,13 @@ class Violation:
 def read_baseline(path: str | os.PathLike) -> dict[str, Any]:
     """The JSON twin of an accepted run."""
     target = Path(path)
+    paths.existing(target, "Baseline", folder_ok=False)
     try:
         baseline = json.loads(target.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise KeraslensError(f"Baseline {str(target)!r} does not exist.") from None
-    except IsADirectoryError:
-        raise KeraslensError(f"Baseline {str(target)!r} is a folder: name a JSON file.") from None
+    except OSError as error:
+        raise KeraslensError(
+            f"Cannot read baseline {str(target)!r}: {error.strerror or error}."
+        ) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise KeraslensError(f"Baseline {str(target)!r} is not JSON: {error}.") from None
     malformed = _malformed_part(baseline)
@@ -140,6 +143,56 @@ def check_plugins(rules: list[Rule], selected: list[str]) -> None:
                 f"this run selects ({', '.join(selected) or 'none'}); select it with "
                 "--plugin, or correct the rule."
             )
+
+
+def check_baseline(
+    baseline: Mapping[str, Any], result: Mapping[str, Any], name: str = "the baseline"
+) -> None:
+    """Refuse a baseline taken on another model: other input shapes, or no layer in common
+    with `result` (relative rules would then compare nothing and pass).
+
+    Args:
+        baseline: the JSON twin of the accepted run (`read_baseline`).
+        result: the JSON twin of this run.
+        name: how the message names the baseline (its path).
+    """
+    before, now = _identity(baseline), _identity(result)
+    differs = []
+    if before["inputs"] and now["inputs"] and before["inputs"] != now["inputs"]:
+        differs.append("input shapes")
+    if before["layers"] and now["layers"] and not set(before["layers"]) & set(now["layers"]):
+        differs.append("layers (none in common)")
+    if not differs:
+        return
+    raise KeraslensError(
+        f"Baseline {name!r} is from another model: its {' and '.join(differs)} differ. "
+        f"Baseline: {_describe(before)}; this run: {_describe(now)}. Pass the JSON twin of "
+        "an accepted run of this model."
+    )
+
+
+def _identity(twin: Mapping[str, Any]) -> dict[str, Any]:
+    """The model, input shapes and layer paths a JSON twin was measured on."""
+    meta = twin.get("meta") if isinstance(twin.get("meta"), Mapping) else {}
+    layers = dict.fromkeys(twin.get("layers") or {})
+    for entry in (twin.get("plugins") or {}).values():
+        if isinstance(entry, Mapping) and isinstance(entry.get("layers"), Mapping):
+            layers.update(dict.fromkeys(entry["layers"]))
+    return {
+        "model": meta.get("model"),
+        "inputs": [tuple(s) for s in meta.get("input_shapes") or [] if isinstance(s, list)],
+        "layers": list(layers),
+    }
+
+
+def _describe(identity: Mapping[str, Any]) -> str:
+    inputs = ", ".join(
+        "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
+        for shape in identity["inputs"]
+    )
+    layers = identity["layers"]
+    shown = ", ".join(layers[:4]) + (f" and {len(layers) - 4} more" if len(layers) > 4 else "")
+    return f"model {identity['model']!r}, inputs {inputs or 'unknown'}, layers {shown or 'none'}"
 
 
 def evaluate(

@@ -1,33 +1,35 @@
 """Loading models and data from files, safely.
 
 Models load with Keras' `safe_mode=True`: a file that carries Python code (a
-`Lambda` layer) is refused unless the caller passes `unsafe=True`. Arrays load
-with `allow_pickle=False`, so a data file can never run code either.
+`Lambda` layer, a `TFSMLayer`) and a SavedModel directory (its graph runs on loading)
+are refused unless the caller passes `unsafe=True`. Arrays load with
+`allow_pickle=False`, their headers checked against the file size first, so a data
+file can neither run code nor exhaust memory. Only regular files are read.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import re
-import sys
+import stat
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from keraslens import paths
 from keraslens.capture.data import arrange_inputs, input_keys
 from keraslens.errors import KeraslensError
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
-_FUNCTION_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
 @dataclass
@@ -50,8 +52,9 @@ def load_model(path: str | os.PathLike, unsafe: bool = False) -> keras.Model:
 
     Args:
         path: the model file or SavedModel directory.
-        unsafe: allow a model whose file carries Python code (a `Lambda` layer).
-            Only for files you trust: loading runs that code.
+        unsafe: allow a model that runs code when loaded: a file that carries Python
+            code (a `Lambda` layer), a `TFSMLayer`, or a SavedModel directory (loading
+            runs its graph). Only for models you trust.
 
     A SavedModel is wrapped in `keras.layers.TFSMLayer`: it is opaque to keraslens,
     which then sees one layer, not the layers inside.
@@ -65,10 +68,9 @@ def load_model(path: str | os.PathLike, unsafe: bool = False) -> keras.Model:
     ```
     """
     target = Path(path)
-    if not target.exists():
-        raise KeraslensError(f"Model {str(target)!r} does not exist.")
-    if target.is_dir():
-        return _load_saved_model(target)
+    status = paths.existing(target, "Model")
+    if stat.S_ISDIR(status.st_mode):
+        return _load_saved_model(target, unsafe)
     if target.suffix.lower() not in MODEL_SUFFIXES:
         raise KeraslensError(
             f"Cannot load model {str(target)!r}: expected a .keras file, a .h5 file or a "
@@ -85,16 +87,31 @@ def load_model(path: str | os.PathLike, unsafe: bool = False) -> keras.Model:
         ) from None
     except ValueError as error:
         if "safe_mode" in str(error):
-            raise KeraslensError(
-                f"Refusing to load {str(target)!r}: the file carries Python code (a Lambda "
-                "layer), which would run on loading. If you trust its source, pass --unsafe "
-                "(unsafe=True in Python)."
-            ) from None
+            raise KeraslensError(_unsafe_refusal(target, str(error))) from None
         raise KeraslensError(f"Cannot load model {str(target)!r}: {error}") from None
     except OSError as error:
         raise KeraslensError(f"Cannot load model {str(target)!r}: {error}") from None
     except TypeError as error:
         raise KeraslensError(_rebuild_failure(target, error)) from None
+
+
+# What Keras' safe mode refused, after the wording of its own messages.
+_CODE_CARRIERS = (
+    ("`TFSMLayer`", "a TFSMLayer, which loads an external SavedModel whose graph runs"),
+    ("`Lambda` layer", "a Lambda layer holding a Python function, which would run"),
+    ("Python lambda", "a Python lambda, which would run"),
+)
+
+
+def _unsafe_refusal(path: Path, message: str) -> str:
+    carrier = next(
+        (text for marker, text in _CODE_CARRIERS if marker in message),
+        "Python code, which would run",
+    )
+    return (
+        f"Refusing to load {str(path)!r}: the file carries {carrier} on loading. If you "
+        "trust its source, pass --unsafe (unsafe=True in Python)."
+    )
 
 
 def _check_keras_archive(path: Path) -> None:
@@ -109,6 +126,8 @@ def _check_keras_archive(path: Path) -> None:
         problem = (
             "it is empty" if path.stat().st_size == 0 else "it is not a zip archive (corrupt?)"
         )
+    except OSError as error:
+        problem = error.strerror or str(error)
     if problem is not None:
         raise KeraslensError(
             f"Cannot load model {str(path)!r}: {problem}. Pass a file written by "
@@ -122,21 +141,51 @@ def _rebuild_failure(path: Path, error: TypeError) -> str:
     if missing is None:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         return f"Cannot load model {str(path)!r}: Keras could not rebuild it: {reason}"
+    fix = (
+        "import the module that defines it (registered with "
+        "@keras.saving.register_keras_serializable) first: --import MODULE on the command line"
+    )
+    if missing[1] == _model_class(path):
+        fix += "; or save the model as a functional one, which needs no import"
     return (
         f"Cannot load model {str(path)!r}: it is built from {missing[1]!r}, which Keras does "
-        "not know. For a custom class, import the module that defines it (registered with "
-        "@keras.saving.register_keras_serializable) and call keraslens from Python; or save "
-        "a functional model."
+        f"not know. For a custom class, {fix}."
     )
 
 
-def _load_saved_model(directory: Path) -> keras.Model:
-    if not (directory / "saved_model.pb").exists():
+def _model_class(path: Path) -> str | None:
+    """The class name of the saved model itself (not of its layers), when readable."""
+    try:
+        if path.suffix.lower() == ".keras":
+            with zipfile.ZipFile(path) as archive:
+                config = json.loads(archive.read("config.json"))
+        else:
+            import h5py
+
+            with h5py.File(path, "r") as archive:
+                config = json.loads(archive.attrs["model_config"])
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    return config.get("class_name") if isinstance(config, dict) else None
+
+
+def _load_saved_model(directory: Path, unsafe: bool) -> keras.Model:
+    if not (directory / "saved_model.pb").is_file():
         raise KeraslensError(
             f"Folder {str(directory)!r} is not a SavedModel (no saved_model.pb). Pass a .keras "
             "file, a .h5 file or a SavedModel directory."
         )
-    loaded = tf.saved_model.load(str(directory))
+    if not unsafe:
+        raise KeraslensError(
+            f"Refusing to load SavedModel {str(directory)!r}: loading a SavedModel runs its "
+            "TensorFlow graph, which can read and write files, and Keras' safe mode cannot "
+            "check it. If you trust its source, pass --unsafe (unsafe=True in Python)."
+        )
+    try:
+        loaded = tf.saved_model.load(str(directory))
+    except (OSError, ValueError, tf.errors.OpError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise KeraslensError(f"Cannot load SavedModel {str(directory)!r}: {reason}") from None
     signatures = dict(loaded.signatures)
     if not signatures:
         raise KeraslensError(f"SavedModel {str(directory)!r} has no serving signature.")
@@ -155,12 +204,46 @@ def _load_saved_model(directory: Path) -> keras.Model:
     return keras.Model(inputs, outputs, name=directory.name or "saved_model")
 
 
+def import_modules(names: Iterable[str]) -> None:
+    """Import each module of `names`, so that the custom objects it registers (with
+    `@keras.saving.register_keras_serializable`) are known when a model loads.
+
+    Args:
+        names: dotted module names; the current folder is searched first.
+
+    Example:
+
+    ```python
+    import_modules(["mypkg.layers"])
+    ```
+    """
+    for name in names:
+        paths.with_working_directory_on_path()
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as error:
+            if error.name is None or not name.startswith(error.name):
+                raise _raised(f"Importing --import {name!r}", error) from None
+            raise KeraslensError(
+                f"--import {name!r}: no module named {error.name!r} (the current folder and "
+                "the installed packages were searched)."
+            ) from None
+        except Exception as error:  # the user's own module: any error is theirs to see
+            raise _raised(f"Importing --import {name!r}", error) from None
+
+
+def _raised(what: str, error: BaseException) -> KeraslensError:
+    message = str(error).strip().splitlines()[0] if str(error).strip() else "no message"
+    return KeraslensError(f"{what} raised {type(error).__name__}: {message}")
+
+
 def load_data(
     spec: str,
     model: keras.Model,
     *,
     data_key: str | None = None,
     labels: str | None = None,
+    rescale: float | None = None,
 ) -> LoadedData:
     """Read model inputs (and labels) from `spec`.
 
@@ -171,21 +254,31 @@ def load_data(
         model: the model the data is for (its input shape is checked).
         data_key: the array to use when a `.npz` holds several.
         labels: a `.npy` file of labels, or the key of the labels in the `.npz`.
+        rescale: multiply the pixels of a folder of images by this (e.g. 1/255).
+
+    Example:
+
+    ```python
+    loaded = load_data("x_val.npy", model)
+    ```
     """
     path = Path(spec)
-    labels_file = labels if labels is not None and Path(labels).is_file() else None
+    is_function = paths.is_loader(spec)
+    if not is_function:
+        paths.existing_data(spec)
+    labels_file = labels if labels is not None and os.path.lexists(labels) else None
     is_npz = path.suffix.lower() == ".npz"
     if labels is not None and labels_file is None and not is_npz:
         raise KeraslensError(f"Labels {labels!r} do not exist: pass a .npy file or a .npz key.")
-    if not path.exists() and _FUNCTION_RE.match(spec):
-        loaded = _from_function(spec, model)
-    elif not path.exists():
+    if rescale is not None and (is_function or not path.is_dir()):
         raise KeraslensError(
-            f"Data {spec!r} does not exist. Pass a .npy or .npz file, a folder of images, "
-            "or module:function."
+            f"--rescale applies to a folder of images, and {spec!r} is not one; scale the "
+            "arrays before saving them."
         )
+    if is_function:
+        loaded = _from_function(spec, model)
     elif path.is_dir():
-        loaded = _from_images(path, model)
+        loaded = _from_images(path, model, rescale)
     elif path.suffix.lower() == ".npy":
         loaded = LoadedData(_read_npy(path), None, path.name)
     elif is_npz:
@@ -198,29 +291,90 @@ def load_data(
     if labels_file is not None:
         loaded.labels = _read_labels(Path(labels_file))
     check_inputs(model, loaded.inputs, spec)
+    if loaded.labels is not None:
+        _check_labels(model, loaded, labels_file or labels or spec, spec)
     return loaded
 
 
 def _read_npy(path: Path) -> np.ndarray:
+    """A plain numeric array from a `.npy` file, its header checked against its size
+    before anything is allocated."""
+    status = paths.existing(path, "Data", folder_ok=False)
+    if status.st_size == 0:
+        raise KeraslensError(f"Cannot read {str(path)!r}: the file is empty (0 bytes).")
     try:
+        with path.open("rb") as stream:
+            _check_npy_header(stream, status.st_size, str(path))
         return np.load(path, allow_pickle=False)
-    except ValueError as error:
+    except OSError as error:
+        raise KeraslensError(f"Cannot read {str(path)!r}: {error.strerror or error}.") from None
+    except (ValueError, EOFError) as error:
         raise KeraslensError(
             f"Cannot read {str(path)!r}: {error}. keraslens reads plain numeric arrays only "
             "(no pickled objects)."
         ) from None
+    except MemoryError:
+        raise KeraslensError(_too_big(str(path))) from None
 
 
-def _from_npz(
-    path: Path, data_key: str | None, labels_key: str | None, model: keras.Model | None = None
-) -> LoadedData:
+def _check_npy_header(stream: BinaryIO, size: int, name: str) -> None:
+    """Refuse a `.npy` stream of `size` bytes whose header is not a plain array, or claims
+    more data than the stream holds (a truncated file, or a forged shape)."""
     try:
+        version = np.lib.format.read_magic(stream)
+        read = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, _, dtype = read(stream)
+    except (ValueError, EOFError) as error:
+        raise KeraslensError(f"Cannot read {name!r}: it is not a .npy array ({error}).") from None
+    if dtype.hasobject:
+        raise KeraslensError(
+            f"Cannot read {name!r}: it holds Python objects, which only unpickling could read. "
+            "keraslens reads plain numeric arrays only (no pickled objects)."
+        )
+    needed = math.prod(shape) * dtype.itemsize
+    held = size - stream.tell()
+    if needed > held:
+        raise KeraslensError(
+            f"Cannot read {name!r}: its header claims shape {_shape(shape)} of {dtype} "
+            f"({needed:,} bytes) but the file holds {held:,}: it is truncated or corrupt."
+        )
+
+
+def _too_big(name: str) -> str:
+    return f"Cannot read {name!r}: its arrays do not fit in memory. Pass fewer samples."
+
+
+def _read_npz(path: Path, what: str = "Data") -> dict[str, np.ndarray]:
+    """Every array of a `.npz` file, each header checked against its size first."""
+    paths.existing(path, what, folder_ok=False)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.infolist():
+                if member.filename.endswith(".npy"):
+                    with archive.open(member) as stream:
+                        _check_npy_header(stream, member.file_size, f"{path}[{member.filename}]")
         with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except ValueError as error:
+            return {key: archive[key] for key in archive.files}
+    except zipfile.BadZipFile:
+        raise KeraslensError(f"Cannot read {str(path)!r}: it is not a .npz (zip) file.") from None
+    except OSError as error:
+        raise KeraslensError(f"Cannot read {str(path)!r}: {error.strerror or error}.") from None
+    except (ValueError, EOFError) as error:
         raise KeraslensError(
             f"Cannot read {str(path)!r}: {error}. keraslens reads plain numeric arrays only."
         ) from None
+    except MemoryError:
+        raise KeraslensError(_too_big(str(path))) from None
+
+
+def _from_npz(
+    path: Path, data_key: str | None, labels_key: str | None, model: keras.Model
+) -> LoadedData:
+    arrays = _read_npz(path)
     labels = None
     if labels_key is not None:
         if labels_key not in arrays:
@@ -229,7 +383,7 @@ def _from_npz(
                 f"{', '.join(sorted(arrays))}."
             )
         labels = arrays.pop(labels_key)
-    keys = input_keys(model) if model is not None else None
+    keys = input_keys(model)
     if data_key is None and keys is not None and len(keys) > 1:
         return _one_array_per_input(path, arrays, labels, model, keys)
     if data_key is None:
@@ -261,16 +415,38 @@ def _one_array_per_input(
 def _read_labels(path: Path) -> np.ndarray:
     if path.suffix.lower() == ".npy":
         return _read_npy(path)
-    if path.suffix.lower() == ".npz":
-        return _from_npz(path, None, None).inputs
-    raise KeraslensError(f"Cannot read labels {str(path)!r}: expected a .npy or .npz file.")
+    if path.suffix.lower() != ".npz":
+        raise KeraslensError(f"Cannot read labels {str(path)!r}: expected a .npy or .npz file.")
+    arrays = _read_npz(path, "Labels")
+    if len(arrays) != 1:
+        raise KeraslensError(
+            f"Labels file {str(path)!r} holds {len(arrays)} arrays ({', '.join(sorted(arrays))}), "
+            "and a labels file must hold one. To take the labels from a .npz that also holds "
+            "the inputs, pass it as --data and name the labels array with --labels KEY "
+            f"(e.g. --data {path.name} --data-key x --labels y)."
+        )
+    return next(iter(arrays.values()))
 
 
-def _from_images(folder: Path, model: keras.Model) -> LoadedData:
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+def _check_labels(model: keras.Model, loaded: LoadedData, labels: str, spec: str) -> None:
+    """Refuse labels that are not one per sample of array inputs."""
+    if isinstance(loaded.inputs, (tf.data.Dataset, keras.utils.PyDataset)):
+        return
+    samples = len(_in_input_order(model, loaded.inputs, spec)[0])
+    given = np.shape(loaded.labels)
+    count = given[0] if given else 0
+    if count != samples:
+        raise KeraslensError(
+            f"Labels {labels!r} give {count if given else 'a scalar, not'} labels for "
+            f"{samples} samples of {spec!r}: give exactly one label per sample."
+        )
+
+
+def _from_images(folder: Path, model: keras.Model, rescale: float | None) -> LoadedData:
+    files = paths.image_files(folder)
     if not files:
         raise KeraslensError(
-            f"Folder {str(folder)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})."
+            f"Folder {str(folder)!r} holds no images ({', '.join(paths.IMAGE_SUFFIXES)})."
         )
     shape = _single_input_shape(model)
     if len(shape) != 4 or shape[1] is None or shape[2] is None:
@@ -281,34 +457,120 @@ def _from_images(folder: Path, model: keras.Model) -> LoadedData:
     mode = {1: "grayscale", 3: "rgb", 4: "rgba"}.get(shape[3])
     if mode is None:
         raise KeraslensError(f"Cannot read images for a model with {shape[3]} input channels.")
-    images = np.stack(
-        [
-            keras.utils.img_to_array(
-                keras.utils.load_img(p, color_mode=mode, target_size=(shape[1], shape[2]))
-            )
-            for p in files
-        ]
-    )
+    images = np.stack([_read_image(p, mode, (shape[1], shape[2])) for p in files])
+    if rescale is not None:
+        images *= np.float32(rescale)
     classes = sorted({p.parent for p in files})
     labels = None
     if len(classes) > 1 or classes[0] != folder:
         index = {c: i for i, c in enumerate(classes)}
         labels = np.array([index[p.parent] for p in files])
-    return LoadedData(images, labels, f"{folder.name}/ ({len(files)} images)")
+    scaled = f", x {rescale:g}" if rescale is not None else ""
+    return LoadedData(images, labels, f"{folder.name}/ ({len(files)} images{scaled})")
+
+
+def _read_image(path: Path, mode: str, size: tuple[int, int]) -> np.ndarray:
+    paths.existing(path, "Image", folder_ok=False)
+    try:
+        return keras.utils.img_to_array(
+            keras.utils.load_img(path, color_mode=mode, target_size=size)
+        )
+    except Exception as error:  # Pillow raises many types for one bad file; name the file
+        raise KeraslensError(
+            f"Cannot read image {str(path)!r}: {error}. Remove or replace the file."
+        ) from None
 
 
 def _from_function(spec: str, model: keras.Model) -> LoadedData:
     module_name, function_name = spec.split(":")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    paths.with_working_directory_on_path()
     try:
-        function = getattr(importlib.import_module(module_name), function_name)
-    except (ImportError, AttributeError) as error:
-        raise KeraslensError(f"Cannot import data function {spec!r}: {error}.") from None
-    value = function()
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name is None or not module_name.startswith(error.name):
+            raise _raised(f"Importing the module of data loader {spec!r}", error) from None
+        raise KeraslensError(
+            f"Cannot import data function {spec!r}: no module named {error.name!r} (the "
+            "current folder and the installed packages were searched)."
+        ) from None
+    except Exception as error:  # the user's own module: any error is theirs to see
+        raise _raised(f"Importing the module of data loader {spec!r}", error) from None
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise KeraslensError(
+            f"Cannot import data function {spec!r}: module {module_name!r} has no function "
+            f"{function_name!r}."
+        )
+    try:
+        value = function()
+    except Exception as error:  # the user's own loader: show its error, not our traceback
+        raise _raised(f"Data loader {spec!r}", error) from None
+    problem = _unusable(value)
+    if problem is not None:
+        raise KeraslensError(
+            f"Data loader {spec!r} returned {problem}; it must return an array, a dict of "
+            "arrays (one per input), (x, y) or a tf.data.Dataset."
+        )
     if isinstance(value, tuple) and len(value) == 2 and len(model.inputs) == 1:
         return LoadedData(value[0], np.asarray(value[1]), spec)
     return LoadedData(value, None, spec)
+
+
+def _unusable(value: Any) -> str | None:
+    """What a data loader returned, when it is not data, or None."""
+    if isinstance(value, (np.ndarray, tf.Tensor, tf.data.Dataset, keras.utils.PyDataset)):
+        return None
+    if isinstance(value, Mapping):
+        return None if value else "an empty dict"
+    if isinstance(value, (list, tuple)):
+        return None if value else f"an empty {type(value).__name__}"
+    if value is None:
+        return "None (does the function end without a return statement?)"
+    if isinstance(value, (str, bytes)):
+        return f"a string ({str(value)[:40]!r}), not the data itself"
+    if isinstance(value, (Generator, Iterator)):
+        return (
+            f"a {type(value).__name__}; wrap it in tf.data.Dataset.from_generator, or return "
+            "the arrays"
+        )
+    return f"a {type(value).__name__}"
+
+
+def non_finite(model: keras.Model, inputs: Any) -> dict[str, Any] | None:
+    """Count the NaN and Inf values of array `inputs`: `{"values", "samples", "inputs"}`.
+
+    oneDNN's fused ReLU turns NaN into 0, so the activations alone would hide them.
+    None for a dataset, which is not read ahead.
+
+    Example:
+
+    ```python
+    non_finite(model, np.array([[0.0, np.nan, 1, 2]]))  # {"values": 1, "samples": 1, ...}
+    ```
+    """
+    if isinstance(inputs, (tf.data.Dataset, keras.utils.PyDataset)):
+        return None
+    arrays = _in_input_order(model, inputs, "the data")
+    names = input_keys(model) or [f"input_{i}" for i in range(len(arrays))]
+    bad_samples = np.zeros(len(arrays[0]), bool)
+    values, affected = 0, []
+    for name, array in zip(names, arrays, strict=True):
+        array = np.asarray(array)
+        if array.dtype.kind not in "fc":
+            continue
+        found = 0
+        for start in range(0, len(array), _CHUNK):
+            chunk = array[start : start + _CHUNK]
+            bad = ~np.isfinite(chunk).reshape(len(chunk), -1)
+            found += int(bad.sum())
+            bad_samples[start : start + len(chunk)] |= bad.any(axis=1)
+        if found:
+            values += found
+            affected.append(name)
+    return {"values": values, "samples": int(bad_samples.sum()), "inputs": affected}
+
+
+_CHUNK = 4096
 
 
 def check_inputs(model: keras.Model, inputs: Any, source: str = "the data") -> None:
@@ -361,23 +623,6 @@ def _single_input_shape(model: keras.Model) -> tuple:
     if len(model.inputs) != 1:
         raise KeraslensError("A folder of images needs a model with a single input.")
     return tuple(model.inputs[0].shape)
-
-
-def check_writable(path: str | os.PathLike) -> None:
-    """Raise a `KeraslensError` now, before any work, when `path` cannot be written."""
-    target = Path(path)
-    folder = target.parent if str(target.parent) else Path(".")
-    if target.is_dir():
-        raise KeraslensError(f"Cannot write {str(target)!r}: it is a folder. Name a file.")
-    if not folder.is_dir():
-        raise KeraslensError(
-            f"Cannot write {str(target)!r}: folder {str(folder)!r} does not exist. "
-            "Create it or choose another output path."
-        )
-    if not os.access(folder, os.W_OK):
-        raise KeraslensError(
-            f"Cannot write {str(target)!r}: folder {str(folder)!r} is not writable."
-        )
 
 
 def _shape(shape: Any) -> str:

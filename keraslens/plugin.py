@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
+from keraslens.errors import KeraslensError
 from keraslens.jsonable import to_jsonable
 
 if TYPE_CHECKING:
@@ -62,20 +63,20 @@ class Option:
         try:
             value = self._convert(value)
         except (TypeError, ValueError):
-            raise ValueError(
+            raise KeraslensError(
                 f"Option {name!r} expects {self.type.__name__}, got {value!r}."
             ) from None
         items = value if isinstance(value, list) else [value]
         if self.choices is not None:
             bad = [v for v in items if v not in self.choices]
             if bad:
-                raise ValueError(
+                raise KeraslensError(
                     f"Option {name!r} got {bad[0]!r}; allowed: {', '.join(map(str, self.choices))}."
                 )
         if self.min is not None and value < self.min:
-            raise ValueError(f"Option {name!r} must be >= {self.min}, got {value!r}.")
+            raise KeraslensError(f"Option {name!r} must be >= {self.min}, got {value!r}.")
         if self.max is not None and value > self.max:
-            raise ValueError(f"Option {name!r} must be <= {self.max}, got {value!r}.")
+            raise KeraslensError(f"Option {name!r} must be <= {self.max}, got {value!r}.")
         return value
 
     def _convert(self, value: Any) -> Any:
@@ -280,7 +281,7 @@ class Plugin:
         unknown = sorted(set(given) - set(cls.options))
         if unknown:
             known = ", ".join(sorted(cls.options)) or "none"
-            raise ValueError(
+            raise KeraslensError(
                 f"Plugin {cls.name!r} has no option {unknown[0]!r}; its options: {known}."
             )
         parsed = {key: opt.default for key, opt in cls.options.items()}

@@ -127,10 +127,14 @@ class AnalysisResult:
         """JSON-safe additional sections."""
         return {key: value for key, value in self.extra.items() if not key.startswith("_")}
 
+    def to_json_text(self, full: bool = False) -> str:
+        """The JSON twin as compact text (no indentation), as `to_json` writes it; `full`
+        as in `to_dict`."""
+        return json.dumps(self.to_dict(full), separators=(",", ":"), allow_nan=False) + "\n"
+
     def to_json(self, path: str | os.PathLike, full: bool = False) -> Path:
         """Write the JSON twin atomically, compact (no indentation); `full` as in `to_dict`."""
-        text = json.dumps(self.to_dict(full), separators=(",", ":"), allow_nan=False)
-        return write_atomic(path, text + "\n")
+        return write_atomic(path, self.to_json_text(full))
 
     def to_html(self, path: str | os.PathLike) -> Path:
         """Write the self-contained HTML report atomically."""

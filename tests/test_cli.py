@@ -180,7 +180,7 @@ def test_check_exits_3_when_a_plugin_cannot_run(files, monkeypatch):
     install_plugins(monkeypatch, DeadUnits, Broken)
     out = invoke("check", files / "tiny.keras", "--data", files / "x.npy", "--format", "json")
     assert out.exit_code == 3
-    verdict = json.loads(out.output)
+    verdict = json.loads(out.stdout)
     assert verdict["status"] == "error"
     assert verdict["plugin_errors"] == {"fake-broken": "RuntimeError: this plugin always fails"}
 
@@ -205,7 +205,7 @@ def test_check_relative_rule_catches_a_regression_against_the_baseline(files, fa
     ]
     worse = invoke(*common, "--fail-on", "fake-dead.dead_fraction>+0.05", "--format", "json")
     assert worse.exit_code == 1, worse.output
-    (violation,) = json.loads(worse.output)["violations"]
+    (violation,) = json.loads(worse.stdout)["violations"]
     assert violation["layer"] == "hidden" and violation["baseline"] == 0.3
     assert violation["value"] == pytest.approx(0.375)
     assert invoke(*common, "--fail-on", "fake-dead.dead_fraction>+0.1").exit_code == 0

@@ -114,7 +114,7 @@ def test_npz_with_several_arrays_needs_data_key(files, tmp_path):
 def test_model_with_code_is_refused_and_names_unsafe(files, tmp_path):
     out = run_report(files, tmp_path, model="lambda.keras")
     assert out.exit_code == 2
-    assert "carries Python code (a Lambda layer)" in error_line(out)
+    assert "carries a Lambda layer" in error_line(out)
     assert "--unsafe" in error_line(out)
 
 

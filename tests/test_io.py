@@ -29,7 +29,7 @@ def lambda_model():
 def test_model_carrying_code_is_refused_unless_unsafe(tmp_path, suffix):
     path = tmp_path / f"lambda{suffix}"
     lambda_model().save(path)
-    with pytest.raises(KeraslensError, match="carries Python code.*--unsafe"):
+    with pytest.raises(KeraslensError, match="carries a Lambda layer.*--unsafe"):
         io.load_model(path)
     assert io.load_model(path, unsafe=True).layers[0].__class__.__name__ == "Lambda"
 
@@ -44,7 +44,7 @@ def test_legacy_h5_loads_with_the_same_outputs(tmp_path, model):
 
 def test_saved_model_directory_is_wrapped_with_its_input_shape(tmp_path, model):
     model.export(tmp_path / "sm", verbose=False)
-    loaded = io.load_model(tmp_path / "sm")
+    loaded = io.load_model(tmp_path / "sm", unsafe=True)
     assert tuple(loaded.inputs[0].shape) == (None, 4)
     np.testing.assert_allclose(
         loaded(tiny_data()), model.predict(tiny_data(), verbose=0), rtol=1e-5
@@ -109,11 +109,6 @@ def test_wrong_shape_names_the_expected_shape(tmp_path, model):
     np.save(tmp_path / "x.npy", np.zeros((2, 4, 1), "float32"))
     with pytest.raises(KeraslensError, match=r"shape \(2, 4, 1\); the model expects \(None, 4\)"):
         io.load_data(str(tmp_path / "x.npy"), model)
-
-
-def test_unwritable_target_is_reported_before_work(tmp_path):
-    with pytest.raises(KeraslensError, match="is a folder"):
-        io.check_writable(tmp_path)
 
 
 def two_input_model(built_on_dict: bool = False) -> keras.Model:
