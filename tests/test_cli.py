@@ -232,8 +232,16 @@ def test_a_rule_on_a_plugin_that_will_not_run_is_refused_before_any_work(files, 
         raise AssertionError("the model was loaded")
 
     monkeypatch.setattr("keraslens.io.load_model", never)
-    out = invoke("check", files / "tiny.keras", "--data", files / "x.npy", "-p", "fake-dead",
-                 "--fail-on", "fake-plot.x>1")
+    out = invoke(
+        "check",
+        files / "tiny.keras",
+        "--data",
+        files / "x.npy",
+        "-p",
+        "fake-dead",
+        "--fail-on",
+        "fake-plot.x>1",
+    )
     assert out.exit_code == 2 and "select it with --plugin" in out.output, out.output
 
 
