@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
+import keraslens
 from keraslens.errors import KeraslensError
 from keraslens.vis import maximize
 from keraslens.vis.maximize import unit_activations
@@ -97,3 +98,103 @@ def test_bad_units_and_layers_are_named(digits, layer, units, message):
     model, _ = digits
     with pytest.raises(KeraslensError, match=message):
         maximize(model, layer, units, steps=1)
+
+
+def test_auto_steps_fall_as_one_over_sqrt_of_the_parameters():
+    from keraslens_plugins.activation_maximization import auto_steps
+
+    assert auto_steps(6_000) == 100
+    assert auto_steps(1_000_000) == 100
+    assert auto_steps(4_000_000) == 50  # 100 * sqrt(1/4)
+    assert auto_steps(25_600_000) == 20  # ResNet50: 100 / 5.06 = 19.8, floored at 20
+
+
+def test_a_second_call_on_the_same_layer_neither_rebuilds_nor_retraces(digits):
+    from keraslens.vis.maximize import _ascent
+
+    model, _ = digits
+    maximize(model, "conv2", [0, 1], steps=2, seed=0)
+    maximize(model, "conv2", [0, 1, 2, 3, 4], steps=3, seed=1, learning_rate=0.1)
+    assert _ascent(model, "conv2", (8, 8, 1), None).run.experimental_get_tracing_count() == 1
+
+
+def test_all_units_are_one_batch_each_unit_its_own_input(digits):
+    # The same unit twice in one batch from one seed gets different starts, and each
+    # input is scored only for its own unit: maximising [3, 3] equals maximising 3 alone
+    # for the first input.
+    model, _ = digits
+    pair = maximize(model, None, [3, 3], steps=5, seed=0)
+    alone = maximize(model, None, [3], steps=5, seed=0)
+    np.testing.assert_allclose(pair.inputs[0], alone.inputs[0], atol=1e-5)
+    assert not np.allclose(pair.inputs[0], pair.inputs[1])
+
+
+def _two_output_model():
+    keras.utils.set_random_seed(0)
+    x = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(x)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    a = keras.layers.Dense(3, activation="softmax", name="digit")(h)
+    b = keras.layers.Dense(2, activation="softmax", name="parity")(h)
+    return keras.Model(x, [a, b])
+
+
+def test_a_multi_output_model_gets_each_output_explained_not_an_error():
+    x = np.random.default_rng(0).random((16, 8, 8, 1), dtype=np.float32)
+    result = keraslens.analyze(
+        _two_output_model(),
+        x,
+        plugins=["activation-maximization"],
+        options={"activation-maximization": {"steps": 3}},
+    )
+    run = result.plugins["activation-maximization"]
+    assert run.error is None and result.status != "error"
+    layers = run.result.data["layers"]
+    assert layers["classes of output digit"]["units"] == [0, 1, 2]
+    assert layers["classes of output parity"]["units"] == [0, 1]
+    assert "conv" in layers
+
+
+def test_the_output_option_explains_only_the_named_output():
+    x = np.random.default_rng(0).random((16, 8, 8, 1), dtype=np.float32)
+    result = keraslens.analyze(
+        _two_output_model(),
+        x,
+        plugins=["activation-maximization"],
+        options={"activation-maximization": {"steps": 2, "output": "parity"}},
+    )
+    layers = result.plugins["activation-maximization"].result.data["layers"]
+    assert [k for k in layers if k.startswith("classes")] == ["classes of output parity"]
+
+
+def test_the_default_layer_is_the_heatmaps_default_and_the_steps_are_reported():
+    from keraslens_plugins.activation_maximization import FULL_STEPS
+
+    from keraslens.vis.layers import last_spatial_layer
+
+    model = _two_output_model()
+    x = np.random.default_rng(0).random((16, 8, 8, 1), dtype=np.float32)
+    result = keraslens.analyze(model, x, plugins=["activation-maximization"])
+    data = result.plugins["activation-maximization"].result.data
+    assert last_spatial_layer(model, (8, 8, 1)) in data["layers"]
+    assert data["chosen"]["steps"]["value"] == FULL_STEPS  # a model of 65 parameters
+    settings = result.plugins["activation-maximization"].result.tables[1]
+    assert settings.rows[0][:2] == ["steps", FULL_STEPS]
+
+
+def test_a_time_series_model_is_maximised_over_its_sequence_quickly():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((24, 3)),
+            keras.layers.Conv1D(8, 3, activation="relu"),
+            keras.layers.GRU(6, name="gru"),
+            keras.layers.Dense(2, activation="softmax"),
+        ]
+    )
+    x = np.random.default_rng(0).normal(size=(32, 24, 3)).astype(np.float32)
+    result = keraslens.analyze(model, x, plugins=["activation-maximization"])
+    run = result.plugins["activation-maximization"]
+    assert run.error is None
+    assert "gru" in run.result.data["layers"]  # the layer before the output
+    assert run.seconds < 60  # 86 s with the eager loop of tf-keras-vis
