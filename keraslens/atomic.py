@@ -120,11 +120,11 @@ def _replace_all(staged: dict[Path, Path]) -> None:
             os.replace(temporary, target)
             replaced.append(target)
     except OSError as error:
-        for target in replaced:
-            if backups.get(target) is not None:
-                os.replace(backups[target], target)
-            elif target not in backups:
-                target.unlink(missing_ok=True)
+        for done in replaced:
+            if backups.get(done) is not None:
+                os.replace(backups[done], done)
+            elif done not in backups:
+                done.unlink(missing_ok=True)
         raise _write_error(target, error) from None
     finally:
         for backup in backups.values():

@@ -257,8 +257,8 @@ def cli() -> None:
 @verbosity
 def report(console: Console, output: str, json_path: str | None, **kwargs: Any) -> None:
     """Analyse MODEL on DATA and write a self-contained HTML report."""
-    result, targets = _run(console, {"-o/--output": output, "--json": json_path}, **kwargs)
-    _write(console, result, targets)
+    targets = _check_paths({"-o/--output": output, "--json": json_path}, **kwargs)
+    _write(console, _run(console, **kwargs), targets)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -295,16 +295,11 @@ def check(
 ) -> None:
     """A CI gate: exit 0 when clean, 1 when a threshold is crossed, 2 on usage errors,
     3 when a plugin could not run, 4 on an internal error."""
+    targets = _check_paths({"-o/--output": output, "--json": json_path}, baseline, **kwargs)
     rules = [gate.Rule.parse(text) for text in fail_on]
     accepted = gate.read_baseline(baseline) if baseline else None
     gate.check_rules(rules, accepted)
-    result, targets = _run(
-        console,
-        {"-o/--output": output, "--json": json_path},
-        rules=rules,
-        baseline=baseline,
-        **kwargs,
-    )
+    result = _run(console, rules=rules, **kwargs)
     twin = result.to_dict()
     if accepted is not None:
         gate.check_baseline(accepted, twin, baseline)
@@ -373,9 +368,33 @@ def demo(
     _write(console, result, targets)
 
 
+def _check_paths(
+    outputs: dict[str, str | None],
+    baseline: str | None = None,
+    *,
+    model_path: str,
+    data_spec: str,
+    labels: str | None,
+    config_path: str | None,
+    imports: tuple[str, ...],
+    **_: Any,
+) -> dict[str, Path]:
+    """The absolute output targets, after checking every input and output path; fixed
+    now, so that a plugin's `os.chdir` cannot move them."""
+    paths.existing(model_path, "Model")
+    inputs = {
+        "MODEL": [Path(model_path)],
+        "--data": _data_inputs(data_spec),
+        "--labels": [Path(labels)] if labels and os.path.lexists(labels) else [],
+        "--config": [Path(config_path)] if config_path else [],
+        "--baseline": [Path(baseline)] if baseline else [],
+        "--import": [f for f in map(paths.module_file, imports) if f is not None],
+    }
+    return paths.check_outputs(outputs, inputs)
+
+
 def _run(
     console: Console,
-    outputs: dict[str, str | None],
     model_path: str,
     data_spec: str,
     data_key: str | None,
@@ -387,22 +406,9 @@ def _run(
     rescale: float | None,
     strategy: str | None,
     rules: list[gate.Rule] | None = None,
-    baseline: str | None = None,
     **flags: Any,
-) -> tuple[AnalysisResult, dict[str, Path]]:
-    """Check every path, setting and rule, load model and data, and analyse; return the
-    result and the absolute output targets (fixed now: a plugin's `os.chdir` cannot move
-    them)."""
-    paths.existing(model_path, "Model")
-    inputs = {
-        "MODEL": [Path(model_path)],
-        "--data": _data_inputs(data_spec),
-        "--labels": [Path(labels)] if labels and os.path.lexists(labels) else [],
-        "--config": [Path(config_path)] if config_path else [],
-        "--baseline": [Path(baseline)] if baseline else [],
-        "--import": [f for f in map(paths.module_file, imports) if f is not None],
-    }
-    targets = paths.check_outputs(outputs, inputs)
+) -> AnalysisResult:
+    """Check every setting and rule, load model and data, and analyse."""
     settings = config.settings(
         config.read_config(config_path) if config_path else None,
         options=config.parse_options(option_items),
@@ -448,7 +454,7 @@ def _run(
             plugin_progress=console.plugin_progress,
         )
     result.meta["non_finite"] = non_finite
-    return result, targets
+    return result
 
 
 def _data_inputs(spec: str) -> list[Path]:
