@@ -137,3 +137,64 @@ def test_evaluate_and_verdict_agree_on_a_planted_case_end_to_end(case):
     bad = keraslens.evaluate(model, x, noise, ["mufidelity", "insertion", "deletion"])
     assert verdict(good) == "trust" and verdict(bad) == "weak on faithfulness"
     assert best_method({"planted": good, "noise": bad}) == "planted"
+
+
+def _sequence_model() -> keras.Model:
+    return keras.Sequential(
+        [
+            keras.Input((12, 3)),
+            keras.layers.Conv1D(4, 3, activation="relu"),
+            keras.layers.GRU(4),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
+
+
+@pytest.mark.parametrize("kind", ["table", "nested", "subclassed", "sequence", "multi-io"])
+def test_every_default_metric_runs_on_every_model_kind(kind, rng):
+    from conftest import TinySubclassed, build_nested, build_sequential, build_two_in_two_out
+
+    options = {}
+    if kind == "table":
+        model, x = build_sequential(), rng.random((4, 6))
+    elif kind == "nested":
+        model, x = build_nested(), rng.random((4, 6, 6, 2))
+    elif kind == "subclassed":
+        model, x = TinySubclassed(), rng.random((4, 6))
+        model(x)
+    elif kind == "sequence":
+        model, x = _sequence_model(), rng.random((4, 12, 3))
+    else:
+        model = build_two_in_two_out()
+        x = {"wide": rng.random((4, 6)), "narrow": rng.random((4, 5))}
+        options = {"input": "narrow", "output": "out_sigmoid"}
+    scores = keraslens.evaluate(model, x, "saliency", **options)
+    has_positions = kind in ("nested", "sequence")
+    expected = {n for n, cls in METRICS.items() if has_positions or not cls.needs_positions}
+    assert set(scores) == expected
+    for name, entry in scores.items():
+        assert len(entry["per_sample"]) == 4 and np.isfinite(entry["mean"]), name
+
+
+@pytest.mark.parametrize(
+    ("metrics", "message"),
+    [
+        (["road"], "needs neighbouring positions"),
+        ({"insertion": {"start": "blur"}}, "blurred start needs inputs with positions"),
+    ],
+)
+def test_metrics_that_need_positions_refuse_a_table(rng, metrics, message):
+    from conftest import build_sequential
+
+    with pytest.raises(KeraslensError, match=message):
+        keraslens.evaluate(build_sequential(), rng.random((4, 6)), "saliency", metrics)
+
+
+def test_insertion_on_a_table_starts_from_zeros_by_default(rng):
+    from conftest import build_sequential
+
+    model, x = build_sequential(), rng.random((4, 6)).astype("float32")
+    maps = rng.random((4, 6))
+    auto = keraslens.evaluate(model, x, maps, ["insertion"])["insertion"]
+    zeros = keraslens.evaluate(model, x, maps, {"insertion": {"start": "zeros"}})["insertion"]
+    assert auto["per_sample"] == zeros["per_sample"]

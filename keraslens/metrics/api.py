@@ -75,7 +75,7 @@ def evaluate(
     method = None if given else build_method(method_or_attributions, options)
     specs, feeds = model_inputs(model, x)
     index = _explained_input(specs, attribute_options.get("input"))
-    chosen = _metrics(metrics, given, specs[index].is_integer)
+    chosen = _metrics(metrics, given, specs[index].is_integer, len(specs[index].shape) < 2)
     graph = score_graph(model, specs, index, output=attribute_options.get("output"))
     scorer = Scorer(graph, feeds, targets, attribute_options.get("batch_size"))
     attribute_options["input"] = index
@@ -109,13 +109,15 @@ def _explained_input(specs, chosen) -> int:
     return 0
 
 
-def _metrics(metrics, given: bool, integer: bool) -> list[Metric]:
+def _metrics(metrics, given: bool, integer: bool, table: bool) -> list[Metric]:
     """The metric instances asked for (options validated), or every one that applies."""
     if metrics is None:
         return [
             cls()
             for cls in METRICS.values()
-            if not (given and cls.needs_method) and not (integer and cls.perturbs)
+            if not (given and cls.needs_method)
+            and not (integer and cls.perturbs)
+            and not (table and cls.needs_positions)
         ]
     if isinstance(metrics, str):
         metrics = [metrics]
@@ -129,6 +131,11 @@ def _metrics(metrics, given: bool, integer: bool) -> list[Metric]:
             raise KeraslensError(
                 f"Metric {name!r} computes fresh attributions; pass a method name instead "
                 "of an array of attributions."
+            )
+        if table and cls.needs_positions:
+            raise KeraslensError(
+                f"Metric {name!r} needs neighbouring positions (images, sequences); this "
+                "input is a table. Use deletion, insertion or mufidelity."
             )
         if integer and cls.perturbs:
             raise KeraslensError(

@@ -17,7 +17,8 @@ class Insertion(Deletion):
     The start is the paper's blurred input, made strong enough to matter: a fixed blur
     leaves a 32x32 digit readable (0.885 of its probability kept), so that every map
     scores the same. Here each sample gets the weakest blur of a doubling ladder that
-    changes its predicted class (`start="blur"`), or zeros, or the batch mean.
+    changes its predicted class (`start="blur"`, the default for images and sequences;
+    tables, which cannot be blurred, start from zeros), or zeros, or the batch mean.
     """
 
     name = "insertion"
@@ -27,11 +28,15 @@ class Insertion(Deletion):
         "steps": Deletion.options["steps"],
         "start": Option(
             object,
-            "blur",
-            "The start image: blur (the weakest that loses the "
-            "prediction), zeros, mean, a number or an array shaped like one sample.",
+            "auto",
+            "The start image: auto (blur for images and sequences, zeros for tables), blur "
+            "(the weakest that loses the prediction), zeros, mean, a number or an array "
+            "shaped like one sample.",
         ),
     }
 
     def endpoints(self, explained: Explained) -> tuple[np.ndarray, np.ndarray]:
-        return explained.x, _plumbing.start_image(self.start, explained)
+        start = self.start
+        if isinstance(start, str) and start == "auto":
+            start = "blur" if explained.x.ndim >= 3 else "zeros"
+        return explained.x, _plumbing.start_image(start, explained)

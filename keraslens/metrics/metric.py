@@ -172,6 +172,8 @@ class Metric(ABC):
     """True when the definition needs fresh attributions (a method, not an array)."""
     perturbs: ClassVar[bool] = True
     """True when the metric feeds perturbed inputs to the model (continuous inputs only)."""
+    needs_positions: ClassVar[bool] = False
+    """True when the metric needs neighbouring positions (images, sequences; not tables)."""
 
     def __init__(self, **options: Any) -> None:
         unknown = sorted(set(options) - set(self.options))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from keraslens.attr.graph import _functional
 from keraslens.errors import KeraslensError
 from keraslens.metrics import _plumbing
 from keraslens.metrics.metric import Explained, Metric, Score
@@ -39,7 +40,7 @@ class Randomisation(Metric):
     }
 
     def score(self, explained: Explained) -> Score:
-        copy = _copy(explained.model)
+        copy = _copy(explained.model, explained.scorer.graph.specs)
         trained = copy.get_weights()
         layers = weighted_layers(copy)
         if not layers:
@@ -86,15 +87,23 @@ def weighted_layers(model: keras.Model) -> dict[str, list[int]]:
     return layers
 
 
-def _copy(model: keras.Model) -> keras.Model:
+def _copy(model: keras.Model, specs) -> keras.Model:
+    """A copy of `model` with its weights; a subclassed model is copied through its
+    Functional trace (its inner layers), which `clone_model` rebuilds without a config."""
+    source = model
     try:
         copy = keras.models.clone_model(model)
-    except Exception as error:  # Keras raises several types for layers it cannot rebuild
-        raise KeraslensError(
-            f"Cannot copy model {model.name!r} to randomise it ({error}); give its custom "
-            "layers a get_config() so that keras.models.clone_model can rebuild them."
-        ) from error
-    copy.set_weights(model.get_weights())
+    except Exception:  # Keras raises several types for models it cannot rebuild
+        source = _functional(model, specs)
+        try:
+            copy = keras.models.clone_model(source)
+        except Exception as error:
+            raise KeraslensError(
+                f"Cannot copy model {model.name!r} to randomise it ({error}); give its "
+                "custom layers a get_config() so that keras.models.clone_model can rebuild "
+                "them."
+            ) from error
+    copy.set_weights(source.get_weights())
     return copy
 
 

@@ -8,7 +8,6 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.linalg import spsolve
 
-from keraslens.errors import KeraslensError
 from keraslens.metrics import _plumbing
 from keraslens.metrics.metric import Explained, Metric, Score
 from keraslens.plugin import Option
@@ -30,6 +29,7 @@ class ROAD(Metric):
     title = "ROAD (LeRF - MoRF)"
     citation = "Rong et al. (2022), A Consistent and Efficient Evaluation Strategy for Attribution Methods."
     better = "higher"
+    needs_positions = True
     options = {
         "steps": Option(int, 9, "Removed fractions, evenly from 10% to 90%.", min=2, max=99),
         "noise": Option(float, 0.01, "Std of the noise added to imputed values.", min=0.0),
@@ -37,11 +37,6 @@ class ROAD(Metric):
     }
 
     def score(self, explained: Explained) -> Score:
-        if explained.x.ndim < 3:
-            raise KeraslensError(
-                "ROAD imputes a removed position from its neighbours; tables have none. Use "
-                "deletion or mufidelity."
-            )
         fractions = np.linspace(0.1, 0.9, self.steps)
         aucs, curves = {}, {}
         for order, descending in (("morf", True), ("lerf", False)):
