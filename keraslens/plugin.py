@@ -264,6 +264,10 @@ class Plugin:
     needs: ClassVar[frozenset[str]] = frozenset({"stats"})
     expensive: ClassVar[bool] = False
     """Skipped by `--minimal`."""
+    training_metrics: ClassVar[dict[str, str | None]] = {}
+    """Per-layer figures `LensCallback` records in its training history: a key of
+    `result.data["layers"][layer]` -> the option holding its alert threshold (None: it
+    alerts only at a threshold given to the callback)."""
 
     def analyze(self, ctx: AnalysisContext) -> PluginResult:
         """Turn the analysis context into a result."""

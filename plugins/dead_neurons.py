@@ -83,6 +83,7 @@ class DeadNeurons(Plugin):
     title = "Dead neurons"
     description = "Units that never fire (ReLU family) or never change (others) on the data."
     needs = frozenset({"stats"})
+    training_metrics = {"dead_fraction": "threshold"}
     options = {
         "threshold": Option(
             float, 0.2, "Dead fraction of a layer above which it gets a finding.", min=0.0, max=1.0

@@ -76,6 +76,7 @@ class Saturation(Plugin):
     title = "Saturation"
     description = "Units of bounded activations (sigmoid, tanh, ...) stuck at a bound."
     needs = frozenset({"stats"})
+    training_metrics = {"saturated_fraction": "threshold"}
     options = {
         "epsilon": Option(
             float,

@@ -14,9 +14,11 @@ import tensorflow as tf
 from sklearn.datasets import load_digits
 
 import keraslens.plugins as registry
-from keraslens.callback import BAND_KEYS, BAND_SIGMAS, HISTORY_FILE, LensCallback
+from keraslens.callback import LensCallback
+from keraslens.capture.stats import BAND_KEYS, BAND_SIGMAS
 from keraslens.errors import KeraslensError
 from keraslens.plugin import Plugin
+from keraslens.training.history import HISTORY_FILE
 
 PLUGINS = ["dead-neurons", "saturation", "activation-stats"]
 EPOCHS = 4

@@ -1,7 +1,8 @@
 """The "Training" section: what `LensCallback` recorded, epoch by epoch.
 
 `result.extra["training"]` is `LensCallback.training_section()`:
-- `history`: rows `{epoch, layer, dead_fraction, saturated_fraction, mean, std, firing_rate}`;
+- `history`: rows `{epoch, step, layer, alerts}` plus the figures (`mean`, `std`,
+  `firing_rate`, and each plugin's `training_metrics`, e.g. `dead_fraction`);
 - `bands`: layer -> rows `{epoch, min, p-1.5, p-1, p-0.5, p0, p+0.5, p+1, p+1.5, max}`;
 - `thresholds`: metric -> threshold, and `first_crossing`: layer -> metric -> epoch.
 """
@@ -12,10 +13,11 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from keraslens.callback import BAND_KEYS
+from keraslens.capture.stats import BAND_KEYS
 from keraslens.report import charts
 
-TREND_METRICS = ("dead_fraction", "saturated_fraction", "firing_rate", "mean", "std")
+_KEYS = ("epoch", "step", "layer", "alerts")
+"""The keys of a history row that are not figures."""
 
 
 def training_view(training: Any, anchor: Callable[[str, str], str]) -> dict[str, Any] | None:
@@ -59,11 +61,11 @@ def training_view(training: Any, anchor: Callable[[str, str], str]) -> dict[str,
 
 
 def _trends(rows: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One chart for the fractions (shared 0..1 scale) and one for mean and std."""
-    groups = (
-        ("Fractions", ("dead_fraction", "saturated_fraction", "firing_rate")),
-        ("Mean and std", ("mean", "std")),
-    )
+    """One chart for the rates (the firing rate and the plugins' figures) and one for the
+    mean and std, which have the layer's own scale."""
+    moments = ("mean", "std")
+    rates = [m for m in dict.fromkeys(k for r in rows for k in r) if m not in (*moments, *_KEYS)]
+    groups = (("Rates", rates), ("Mean and std", moments))
     charts_out = []
     for title, metrics in groups:
         series = {
