@@ -43,18 +43,7 @@ class AttributionMethod(ABC):
     methods): token attributions then take that value once instead of summing the features."""
 
     def __init__(self, **options: Any) -> None:
-        unknown = sorted(set(options) - set(self.options))
-        if unknown:
-            raise KeraslensError(
-                f"{self.title} has no option {unknown[0]!r}; its options: "
-                f"{', '.join(self.options) or 'none'}."
-            )
-        for key, option in self.options.items():
-            value = options.get(key, option.default)
-            try:
-                setattr(self, key, option.parse(key, value) if option.type is not object else value)
-            except ValueError as error:
-                raise KeraslensError(f"{self.title}: {error}") from None
+        apply_options(self, self.title, self.options, options)
 
     @abstractmethod
     def attribute(self, scorer: Scorer) -> np.ndarray:
@@ -63,6 +52,27 @@ class AttributionMethod(ABC):
     def settings(self) -> dict[str, Any]:
         """The options in force, for reports."""
         return {key: _plain(getattr(self, key)) for key in self.options}
+
+
+def apply_options(
+    target: Any, label: str, declared: Mapping[str, Option], given: Mapping[str, Any]
+) -> None:
+    """Set each `declared` option on `target`, from `given` or its default, validated.
+
+    Raises:
+        KeraslensError: naming `label`, for an unknown option or a value out of range.
+    """
+    unknown = sorted(set(given) - set(declared))
+    if unknown:
+        raise KeraslensError(
+            f"{label} has no option {unknown[0]!r}; its options: {', '.join(declared) or 'none'}."
+        )
+    for key, option in declared.items():
+        value = given.get(key, option.default)
+        try:
+            setattr(target, key, option.parse(key, value) if option.type is not object else value)
+        except ValueError as error:
+            raise KeraslensError(f"{label}: {error}") from None
 
 
 def _plain(value: Any) -> Any:

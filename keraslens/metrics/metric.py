@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import keras
 import numpy as np
 
-from keraslens.attr.method import AttributionMethod
+from keraslens.attr.method import AttributionMethod, apply_options
 from keraslens.attr.scorer import Scorer
 from keraslens.errors import KeraslensError
 from keraslens.metrics import _plumbing
@@ -176,19 +176,7 @@ class Metric(ABC):
     """True when the metric needs neighbouring positions (images, sequences; not tables)."""
 
     def __init__(self, **options: Any) -> None:
-        unknown = sorted(set(options) - set(self.options))
-        if unknown:
-            raise KeraslensError(
-                f"Metric {self.name!r} has no option {unknown[0]!r}; its options: "
-                f"{', '.join(self.options) or 'none'}."
-            )
-        for key, option in self.options.items():
-            value = options.get(key, option.default)
-            try:
-                parsed = value if option.type is object else option.parse(key, value)
-            except ValueError as error:
-                raise KeraslensError(f"Metric {self.name!r}: {error}") from None
-            setattr(self, key, parsed)
+        apply_options(self, f"Metric {self.name!r}", self.options, options)
 
     @abstractmethod
     def score(self, explained: Explained) -> Score:
