@@ -42,7 +42,7 @@ class Explained:
     method: AttributionMethod | None
     attribute_options: dict[str, Any]
     feeds: list[np.ndarray]
-    _cache: dict = field(default_factory=dict)
+    _cache: dict = field(default_factory=dict, init=False, repr=False)
 
     @property
     def x(self) -> np.ndarray:
