@@ -306,6 +306,8 @@ def _read_npy(path: Path) -> np.ndarray:
         with path.open("rb") as stream:
             _check_npy_header(stream, status.st_size, str(path))
         return np.load(path, allow_pickle=False)
+    except KeraslensError:
+        raise
     except OSError as error:
         raise KeraslensError(f"Cannot read {str(path)!r}: {error.strerror or error}.") from None
     except (ValueError, EOFError) as error:
@@ -359,6 +361,8 @@ def _read_npz(path: Path, what: str = "Data") -> dict[str, np.ndarray]:
                         _check_npy_header(stream, member.file_size, f"{path}[{member.filename}]")
         with np.load(path, allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}
+    except KeraslensError:
+        raise
     except zipfile.BadZipFile:
         raise KeraslensError(f"Cannot read {str(path)!r}: it is not a .npz (zip) file.") from None
     except OSError as error:

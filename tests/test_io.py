@@ -171,8 +171,11 @@ def test_subclassed_model_whose_class_is_not_imported_names_the_class(tmp_path):
     model(tiny_data())
     model.save(tmp_path / "sub.keras")
     del keras.saving.get_custom_objects()["keraslens_test>Unimported"]
-    with pytest.raises(KeraslensError, match="built from 'Unimported'.*import the module"):
+    with pytest.raises(
+        KeraslensError, match="built from 'Unimported'.*import the module"
+    ) as raised:
         io.load_model(tmp_path / "sub.keras")
+    assert "save the model as a functional one" in str(raised.value)
 
 
 @pytest.mark.parametrize(
