@@ -255,3 +255,30 @@ def test_results_do_not_depend_on_the_internal_batch_size(method, images):
 def test_bad_options_are_named_with_the_fix(method, options, message, images):
     with pytest.raises(KeraslensError, match=message):
         keraslens.attribute(_mlp((6, 6, 2)), images, method, **options)
+
+
+def test_a_multi_input_model_is_perturbed_in_one_input_with_the_others_fixed():
+    a, b = keras.Input((4,), name="a"), keras.Input((3,), name="b")
+    joined = keras.layers.Concatenate()([a, b])
+    model = keras.Model([a, b], keras.layers.Dense(2, name="out")(joined))
+    w = model.get_layer("out").get_weights()[0][:, 1]
+    xa, xb = np.ones((2, 4), "float32"), 2 * np.ones((2, 3), "float32")
+    result = keraslens.attribute(model, {"a": xa, "b": xb}, "kernelshap", 1, segments=4)
+    np.testing.assert_allclose(result["a"], xa * w[:4], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(result["b"], xb * w[4:], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", PERTURBATION)
+def test_no_pass_expands_more_than_a_few_batches_of_rows(method, images, monkeypatch):
+    from keraslens.attr.scorer import GROUP_PASSES, Scorer
+
+    sizes = []
+    score = Scorer.score
+
+    def recording(self, values, repeat=1, first=0):
+        sizes.append(len(values))
+        return score(self, values, repeat, first)
+
+    monkeypatch.setattr(Scorer, "score", recording)
+    keraslens.attribute(_mlp((6, 6, 2)), images, method, batch_size=4, **FAST[method])
+    assert sizes and max(sizes) <= GROUP_PASSES * 4
