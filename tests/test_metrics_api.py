@@ -198,3 +198,13 @@ def test_insertion_on_a_table_starts_from_zeros_by_default(rng):
     auto = keraslens.evaluate(model, x, maps, ["insertion"])["insertion"]
     zeros = keraslens.evaluate(model, x, maps, {"insertion": {"start": "zeros"}})["insertion"]
     assert auto["per_sample"] == zeros["per_sample"]
+
+
+def test_a_dataset_scores_as_its_arrays(case):
+    import tensorflow as tf
+
+    model, x, _ = case
+    dataset = tf.data.Dataset.from_tensor_slices(x).batch(4)
+    from_dataset = keraslens.evaluate(model, dataset, "saliency", ["deletion"])["deletion"]
+    from_array = keraslens.evaluate(model, x, "saliency", ["deletion"])["deletion"]
+    np.testing.assert_allclose(from_dataset["per_sample"], from_array["per_sample"])

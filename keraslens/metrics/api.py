@@ -8,14 +8,14 @@ from typing import Any
 import keras
 import numpy as np
 
-from keraslens.attr.api import _input_index, attribute, build_method
+from keraslens.attr.api import _input_index, build_method
 from keraslens.attr.graph import score_graph
 from keraslens.attr.inputs import model_inputs
 from keraslens.attr.method import AttributionMethod
 from keraslens.attr.scorer import Scorer
 from keraslens.errors import KeraslensError
 from keraslens.metrics import _plumbing
-from keraslens.metrics.metric import Explained, Metric
+from keraslens.metrics.metric import Explained, Metric, run_method
 from keraslens.metrics.registry import METRICS
 
 ATTRIBUTE_OPTIONS = ("output", "input", "layer", "batch_size")
@@ -82,7 +82,7 @@ def evaluate(
     if given:
         attributions = np.asarray(method_or_attributions)
     else:
-        attributions = attribute(model, x, method, scorer.targets, **attribute_options)
+        attributions = run_method(model, feeds, method, scorer.targets, attribute_options)
     explained = Explained(model, scorer, attributions, method, attribute_options, feeds)
     explained.relevance  # noqa: B018 - checks the attributions' shape before any metric runs
     return {metric.name: _entry(metric, explained) for metric in chosen}

@@ -46,7 +46,7 @@ class Explained:
 
     @property
     def x(self) -> np.ndarray:
-        """The explained input, float32 (a read-only view: metrics perturb copies)."""
+        """The explained input as float32 (the engine's own copy; metrics perturb copies)."""
         return self.scorer.value
 
     @property
@@ -117,8 +117,6 @@ class Explained:
             model: another model of the same inputs (a randomised copy).
             repeat: rows per sample in `values`; the other inputs are repeated to match.
         """
-        from keraslens.attr.api import attribute
-
         if self.method is None:
             raise KeraslensError(
                 "This metric computes fresh attributions; pass a method name to evaluate() "
@@ -131,9 +129,22 @@ class Explained:
         index = self.scorer.graph.explained
         feeds[index] = values
         options = {**self.attribute_options, "input": index}
-        inputs = feeds[0] if len(feeds) == 1 else feeds
-        fresh = attribute(model or self.model, inputs, self.method, targets, **options)
+        fresh = run_method(model or self.model, feeds, self.method, targets, options)
         return _plumbing.relevance(fresh, values)
+
+
+def run_method(
+    model: keras.Model,
+    feeds: list[np.ndarray],
+    method: AttributionMethod,
+    targets: np.ndarray,
+    options: dict[str, Any],
+) -> np.ndarray:
+    """`keraslens.attribute` of the explained input (`options["input"]`) given every feed."""
+    from keraslens.attr.api import attribute
+
+    inputs = feeds[0] if len(feeds) == 1 else feeds
+    return attribute(model, inputs, method, targets, **options)
 
 
 @dataclass(frozen=True)
