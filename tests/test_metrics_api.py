@@ -208,3 +208,19 @@ def test_a_dataset_scores_as_its_arrays(case):
     from_dataset = keraslens.evaluate(model, dataset, "saliency", ["deletion"])["deletion"]
     from_array = keraslens.evaluate(model, x, "saliency", ["deletion"])["deletion"]
     np.testing.assert_allclose(from_dataset["per_sample"], from_array["per_sample"])
+
+
+def test_a_new_metric_is_one_class_and_one_registry_line(case, monkeypatch):
+    from keraslens.metrics import Metric, Score
+
+    class PeakShare(Metric):
+        name, title, better, citation = "peak-share", "Share of the peak", "higher", "none"
+
+        def score(self, explained):
+            values = np.abs(explained.relevance.reshape(len(explained.x), -1))
+            return Score(values.max(axis=1) / values.sum(axis=1))
+
+    monkeypatch.setitem(METRICS, "peak-share", PeakShare)
+    model, x, right = case
+    entry = keraslens.evaluate(model, x, right, ["peak-share"])["peak-share"]
+    np.testing.assert_allclose(entry["per_sample"], 1 / right[0].sum())  # the region's 4 pixels

@@ -172,6 +172,21 @@ class Metric(ABC):
 
     Raises:
         KeraslensError: for an unknown option or a value out of range.
+
+    Example:
+
+    ```python
+    class PeakShare(Metric):
+        name, title, better = "peak-share", "Share of the largest position", "higher"
+        citation = "none"
+
+        def score(self, explained):
+            values = np.abs(explained.relevance.reshape(len(explained.x), -1))
+            return Score(values.max(axis=1) / values.sum(axis=1))
+
+    keraslens.metrics.METRICS["peak-share"] = PeakShare
+    keraslens.evaluate(model, x, "saliency", ["peak-share"])
+    ```
     """
 
     name: ClassVar[str]
