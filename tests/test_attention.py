@@ -271,16 +271,17 @@ def test_model_without_attention_is_a_clear_error():
         keraslens.attention(model, np.zeros((2, 3), "float32"))
 
 
-def _classifier():
+def _classifier(activation=None):
     inputs = keras.Input((TOKENS, FEATURES))
     mha = keras.layers.MultiHeadAttention(HEADS, KEY_DIM, name="mha")
     flat = keras.layers.Flatten()(mha(inputs, inputs))
-    dense = keras.layers.Dense(3, name="logits")
+    dense = keras.layers.Dense(3, activation=activation, name="logits")
     return keras.Model(inputs, dense(flat)), mha, dense
 
 
-def test_gradients_with_respect_to_probabilities_equal_the_chain_rule():
-    model, mha, dense = _classifier()
+@pytest.mark.parametrize("head", [None, "softmax"])
+def test_gradients_of_the_target_logit_equal_the_chain_rule(head):
+    model, mha, dense = _classifier(head)
     weights = _set_weights(mha)
     x = _x()
     targets = np.array([0, 2, 1])
@@ -289,7 +290,7 @@ def test_gradients_with_respect_to_probabilities_equal_the_chain_rule():
     wv, bv, wo = weights[4], weights[5], weights[6]
     v = np.einsum("bsd,dnh->bsnh", x, wv) + bv
     w = dense.get_weights()[0].reshape(TOKENS, FEATURES, 3)[..., targets]  # (T, D, batch)
-    upstream = np.einsum("nhd,tdb->btnh", wo, w)  # d score / d (A V)
+    upstream = np.einsum("nhd,tdb->btnh", wo, w)  # d logit / d (A V), before any softmax
     expected = np.einsum("bsnh,btnh->bnts", v, upstream)
     np.testing.assert_allclose(grads["mha"], expected, rtol=1e-4, atol=1e-5)
 
@@ -332,3 +333,16 @@ def test_keras_hub_decoder_cached_attention_is_causal():
     np.testing.assert_allclose(
         got["decoder/self_attention"], _oracle(weights, x, x, causal), atol=1e-5
     )
+
+
+def test_gradients_on_a_token_model_come_with_its_probabilities():
+    tokens = keras.Input((TOKENS,), dtype="int32")
+    hidden = keras.layers.Embedding(10, FEATURES, name="embed")(tokens)
+    attended = keras.layers.MultiHeadAttention(HEADS, KEY_DIM, name="mha")(hidden, hidden)
+    model = keras.Model(tokens, keras.layers.Dense(2)(keras.layers.Flatten()(attended)))
+    ids = np.random.default_rng(9).integers(0, 10, (3, TOKENS)).astype("int32")
+    probabilities, grads, _ = AttentionCapture(model).gradients(ids, targets=1)
+    np.testing.assert_allclose(
+        probabilities["mha"], keraslens.attention(model, ids)["mha"], atol=1e-6
+    )
+    assert grads["mha"].shape == (3, HEADS, TOKENS, TOKENS) and np.abs(grads["mha"]).sum() > 0

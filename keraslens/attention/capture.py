@@ -11,9 +11,12 @@ import numpy as np
 import tensorflow as tf
 
 from keraslens.attention.intercept import MHA, as_matrices, scoring
+from keraslens.attr.graph import score_graph
+from keraslens.attr.inputs import model_inputs
 from keraslens.capture.data import arrange_inputs, check_inputs, iterate_batches, to_input_tensors
 from keraslens.capture.traversal import LayerSelector, select, walk
 from keraslens.errors import KeraslensError
+from keraslens.vis.targets import as_targets
 
 
 def attention_layers(
@@ -71,7 +74,7 @@ class AttentionCapture:
         self.layers = attention_layers(model, layers)
         self.keys: list[str] = []
         self._step = tf.function(self._forward, reduce_retracing=True)
-        self._gradient_step = tf.function(self._forward_gradients, reduce_retracing=True)
+        self._gradient_steps: dict[int, Any] = {}
 
     def __call__(self, x: Any, batch_size: int = 32) -> dict[str, np.ndarray]:
         """Probabilities of every sample of `x`: call-site key -> (N, heads, query, key).
@@ -99,33 +102,41 @@ class AttentionCapture:
             raise KeraslensError("The data is empty: there are no samples to run.")
 
     def gradients(
-        self, x: Any, targets: np.ndarray | None = None, output: int = 0
+        self, x: Any, targets: Any = None, output: int | str | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
-        """Probabilities, the gradient of the target score with respect to them, targets.
+        """Probabilities, the gradient of the target logit with respect to them, targets.
 
-        The score of a sample is its model output at the target class (the predicted
-        class when `targets` is None), summed over the batch, so each sample's gradient
-        is its own.
+        The score is the chosen output's pre-activation logit of the target class (the
+        graph `keraslens.attribute` explains), summed over the batch, so each sample's
+        gradient is its own.
 
         Args:
             x: a batch of inputs (all of it runs at once).
-            targets: one class index per sample, or None for the predicted class.
-            output: which model output holds the class scores.
+            targets: None for each sample's predicted class, one class index for all,
+                one per sample, or one-hot labels.
+            output: the output to explain (index or name) of a multi-output model.
+
+        Returns:
+            `(probabilities, gradients, targets)`: two dicts keyed like `__call__`, and
+            the class explained for each sample.
         """
-        batch = self._prepare(next(iter(iterate_batches(x, 1 << 30)[0])))
-        count = int(tf.nest.flatten(batch)[0].shape[0])
-        if targets is None:
-            targets = np.full(count, -1)
-        targets = np.asarray(targets).reshape(-1)
-        if targets.shape != (count,):
-            raise KeraslensError(
-                f"targets has {targets.size} entries for {count} samples; give one class "
-                "index per sample, or None for the predicted class."
+        specs, arrays = model_inputs(self.model, x)
+        graph = score_graph(self.model, specs, 0, output=output)
+        feeds = [tf.convert_to_tensor(a) for a in arrays]
+        if graph.layer_model is not None:  # a token model: its graph takes an embedding shift
+            feeds.append(tf.zeros_like(graph.layer_fn(feeds)))
+        chosen = as_targets(targets, len(arrays[0]), graph.classes)
+        if chosen is None:
+            chosen = np.asarray(graph.logits_fn(feeds)).argmax(axis=1)
+        step = self._gradient_steps.get(id(graph.model))
+        if step is None:
+            step = self._gradient_steps[id(graph.model)] = tf.function(
+                lambda feeds, targets: self._forward_gradients(graph.model, feeds, targets),
+                reduce_retracing=True,
             )
-        result = self._run(self._gradient_step, batch, tf.constant(targets, tf.int32), output)
-        chosen, probabilities, grads = result
+        probabilities, grads = self._run(step, feeds, tf.constant(chosen, tf.int32))
         numpy = {key: value.numpy() for key, value in probabilities.items()}
-        return numpy, {key: value.numpy() for key, value in grads.items()}, chosen.numpy()
+        return numpy, {key: value.numpy() for key, value in grads.items()}, chosen
 
     def _prepare(self, batch: Any) -> Any:
         batch = arrange_inputs(self.model, batch)
@@ -146,11 +157,11 @@ class AttentionCapture:
                 raise cause from None
             raise
 
-    def _record(self, x: Any) -> tuple[Any, list[tuple[str, MHA, tf.Tensor]]]:
-        """Run the model on `x`: its outputs and `(key, layer, probabilities)` per call."""
+    def _record(self, x: Any, model: keras.Model | None = None) -> tuple[Any, list]:
+        """Run `model` (default: the model) on `x`: outputs, `(key, layer, probabilities)`."""
         paths = {id(layer): path for path, layer in self.layers}
         with scoring([layer for _, layer in self.layers]) as record:
-            outputs = self.model(x, training=False)
+            outputs = (model or self.model)(x, training=False)
         if not record:
             raise KeraslensError(
                 f"Model {self.model.name!r} ran without calling its attention layers "
@@ -170,28 +181,16 @@ class AttentionCapture:
         outputs, keyed = self._record(x)
         return outputs, {key: as_matrices(layer, p) for key, layer, p in keyed}
 
-    def _forward_gradients(self, x: Any, targets: tf.Tensor, output: int):
+    def _forward_gradients(self, model: keras.Model, feeds: list, targets: tf.Tensor):
         with tf.GradientTape() as tape:
-            outputs, keyed = self._record(x)
-            scores = _class_scores(outputs, output)
-            chosen = tf.where(targets < 0, tf.argmax(scores, -1, output_type=tf.int32), targets)
-            score = tf.reduce_sum(tf.gather(scores, chosen, batch_dims=1))
+            logits, keyed = self._record(feeds, model)
+            score = tf.reduce_sum(tf.gather(logits, targets[:, None], batch_dims=1))
         grads = tape.gradient(score, [p for _, _, p in keyed])
         probabilities, by_key = {}, {}
         for (key, layer, p), grad in zip(keyed, grads, strict=True):
             probabilities[key] = as_matrices(layer, p)
             by_key[key] = as_matrices(layer, tf.zeros_like(p) if grad is None else grad)
-        return chosen, probabilities, by_key
-
-
-def _class_scores(outputs: Any, output: int) -> tf.Tensor:
-    flat = tf.nest.flatten(outputs)
-    if not -len(flat) <= output < len(flat):
-        raise KeraslensError(
-            f"output={output} is out of range: the model has {len(flat)} output(s)."
-        )
-    scores = tf.cast(flat[output], tf.float32)
-    return tf.reshape(scores, [tf.shape(scores)[0], -1])
+        return probabilities, by_key
 
 
 _CAPTURES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

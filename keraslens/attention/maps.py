@@ -67,10 +67,11 @@ def rollout(attentions: Attentions, residual: float = 0.5) -> np.ndarray:
 
 
 def gradient_weighted(attentions: Attentions, gradients: Attentions) -> np.ndarray:
-    """Gradient-weighted attention relevance (Chefer, Gur & Wolf, 2021, eq. 6).
+    """Gradient-weighted attention relevance (Chefer, Gur & Wolf, ICCV 2021, eqs. 5-6).
 
-    Per block, `Abar = mean over heads of (dScore/dA * A)^+`; starting from `R = I`,
-    each block in order updates `R = R + Abar R`.
+    "Generic Attention-model Explainability for Interpreting Bi-Modal and Encoder-Decoder
+    Transformers": per block, `Abar = mean over heads of (dScore/dA * A)^+`; starting
+    from `R = I`, each self-attention block in order updates `R = R + Abar R`.
 
     Args:
         attentions: maps shaped (batch, heads, tokens, tokens), first layer first.
