@@ -80,6 +80,27 @@ def test_constant_criterion_needs_two_samples():
     assert HeadStats().update(_maps()[:1]).dead_heads().size == 0
 
 
+def test_variability_of_long_maps_is_taken_on_64_by_64_blocks():
+    rng = np.random.default_rng(6)
+    logits = rng.normal(size=(4, 1, 100, 130)) * 3
+    p = np.exp(logits) / np.exp(logits).sum(axis=-1, keepdims=True)
+    q_edges = np.linspace(0, 100, 65).astype(int)
+    k_edges = np.linspace(0, 130, 65).astype(int)
+    blocks = np.array(
+        [
+            [
+                [p[n, 0, q0:q1, k0:k1].sum(axis=1).mean() for k0, k1 in zip(k_edges, k_edges[1:])]
+                for q0, q1 in zip(q_edges, q_edges[1:])
+            ]
+            for n in range(4)
+        ]
+    )
+    expected = blocks.std(axis=0).mean() * 64
+    stats = HeadStats().update(p)
+    assert stats.map_sum.shape == (1, 64, 64)
+    np.testing.assert_allclose(stats.variability, [expected], rtol=1e-10)
+
+
 def test_merging_other_layers_statistics_is_an_error():
     with pytest.raises(keraslens.KeraslensError, match="same layer"):
         HeadStats().update(_maps()).merge(HeadStats().update(_maps()[..., :3, :3]))

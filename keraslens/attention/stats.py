@@ -12,6 +12,9 @@ from keraslens.errors import KeraslensError
 _LIVE_ROW = 0.5
 """A row whose probabilities sum below this is a fully masked query (Keras zeroes it)."""
 
+POOLED_CELLS = 64
+"""Query and key blocks of the pooled map that `variability` is accumulated on."""
+
 
 @dataclass
 class HeadStats:
@@ -26,7 +29,9 @@ class HeadStats:
     `log(keys it may attend to)` (1 for a uniform row); `sink`: mean mass on the first
     key (an "attention sink", Xiao et al. 2024); `diagonal`: mean mass of query i on key
     i; `variability`: mean over map cells of the standard deviation across samples,
-    times the number of keys (0 for a pattern that is the same for every input).
+    times the number of keys (0 for a pattern that is the same for every input). Maps
+    larger than `POOLED_CELLS` a side are pooled first (mass summed over blocks of keys,
+    averaged over blocks of queries), so memory stays within 2 x heads x 64 x 64 floats.
 
     Example:
 
@@ -46,6 +51,7 @@ class HeadStats:
     diagonal_sum: np.ndarray | None = None
     diagonal_rows: np.ndarray | None = None
     samples: int = 0
+    map_shape: tuple[int, ...] | None = None
     map_sum: np.ndarray | None = field(default=None, repr=False)
     map_square_sum: np.ndarray | None = field(default=None, repr=False)
 
@@ -66,12 +72,12 @@ class HeadStats:
         if self.samples == 0:
             for name in _SUMS:
                 setattr(self, name, getattr(other, name).copy())
-            self.samples = other.samples
+            self.samples, self.map_shape = other.samples, other.map_shape
             return self
-        if self.map_sum.shape != other.map_sum.shape:
+        if self.map_shape != other.map_shape:
             raise KeraslensError(
-                f"Cannot merge head statistics of maps shaped {other.map_sum.shape} into "
-                f"ones shaped {self.map_sum.shape}; merge statistics of the same layer."
+                f"Cannot merge head statistics of maps shaped {other.map_shape} into "
+                f"ones shaped {self.map_shape}; merge statistics of the same layer."
             )
         for name in _SUMS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
@@ -109,7 +115,8 @@ class HeadStats:
 
     @property
     def variability(self) -> np.ndarray:
-        """Mean standard deviation across samples of a map cell, times the key count."""
+        """Mean standard deviation across samples of a map cell, times the number of keys
+        (of key blocks, for a pooled map)."""
         self._require()
         mean = self.map_sum / self.samples
         variance = np.maximum(self.map_square_sum / self.samples - mean**2, 0.0)
@@ -170,6 +177,7 @@ def _batch_sums(p: np.ndarray) -> HeadStats:
     diagonal_length = min(p.shape[2], p.shape[3])
     diagonal = np.diagonal(p, axis1=2, axis2=3)  # (batch, heads, min(query, key))
     diagonal_live = live[:, :, :diagonal_length]
+    pooled = _pooled(p)
     return HeadStats(
         rows=live.sum(axis=(0, 2)).astype(np.float64),
         entropy_sum=(entropy * live).sum(axis=(0, 2)),
@@ -179,8 +187,9 @@ def _batch_sums(p: np.ndarray) -> HeadStats:
         diagonal_sum=(diagonal * diagonal_live).sum(axis=(0, 2)),
         diagonal_rows=diagonal_live.sum(axis=(0, 2)).astype(np.float64),
         samples=p.shape[0],
-        map_sum=p.sum(axis=0),
-        map_square_sum=(p**2).sum(axis=0),
+        map_shape=p.shape[1:],
+        map_sum=pooled.sum(axis=0),
+        map_square_sum=(pooled**2).sum(axis=0),
     )
 
 
@@ -212,3 +221,18 @@ def head_statistics(
         for key, probabilities in batch.items():
             stats.setdefault(key, HeadStats()).update(probabilities)
     return stats
+
+
+def _pooled(p: np.ndarray) -> np.ndarray:
+    """`p` on at most POOLED_CELLS x POOLED_CELLS blocks: query blocks averaged, key blocks
+    summed (a block's mass), so a block of k keys weighs as k keys do in `variability`."""
+    for axis, reduce_mean in ((2, True), (3, False)):
+        size = p.shape[axis]
+        if size <= POOLED_CELLS:
+            continue
+        starts = np.linspace(0, size, POOLED_CELLS + 1).astype(int)[:-1]
+        p = np.add.reduceat(p, starts, axis=axis)
+        if reduce_mean:
+            counts = np.diff(np.append(starts, size))
+            p = p / counts[:, None]
+    return p
