@@ -89,8 +89,11 @@ def test_variability_of_long_maps_is_taken_on_64_by_64_blocks():
     blocks = np.array(
         [
             [
-                [p[n, 0, q0:q1, k0:k1].sum(axis=1).mean() for k0, k1 in zip(k_edges, k_edges[1:])]
-                for q0, q1 in zip(q_edges, q_edges[1:])
+                [
+                    p[n, 0, q0:q1, k0:k1].sum(axis=1).mean()
+                    for k0, k1 in zip(k_edges[:-1], k_edges[1:], strict=True)
+                ]
+                for q0, q1 in zip(q_edges[:-1], q_edges[1:], strict=True)
             ]
             for n in range(4)
         ]
