@@ -194,6 +194,25 @@ def test_sensitivity_methods_rank_the_planted_deciding_region_first(method, rng)
     assert (cells[:, 9] > 5 * np.delete(cells, 9, axis=1).max(axis=1)).all()
 
 
+def test_hsic_index_equals_the_trace_estimator_with_explicit_kernels(rng):
+    from keraslens.attr.hsic import Hsic
+
+    design = rng.integers(0, 2, (40, 3)).astype(float)
+    scores = rng.normal(size=(2, 40))
+    n, centring = 40, np.eye(40) - 1 / 40
+    expected = np.zeros((2, 3))
+    for i, y in enumerate(scores):
+        distance = np.abs(y[:, None] - y[None, :])
+        width = np.median(distance[np.triu_indices(n, 1)])
+        output_gram = np.exp(-(distance**2) / (2 * width**2))
+        for cell in range(3):
+            u = design[:, cell]
+            mask_gram = 1.5 - (u[:, None] - u[None, :]) ** 2
+            trace = np.trace(mask_gram @ centring @ output_gram @ centring)
+            expected[i, cell] = trace / (n - 1) ** 2
+    np.testing.assert_allclose(Hsic()._indices(design, scores), expected, rtol=1e-5)
+
+
 def _sequence_model() -> keras.Model:
     return keras.Sequential(
         [keras.Input((6, 3)), keras.layers.Conv1D(4, 2, activation="relu"),
