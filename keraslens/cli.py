@@ -225,6 +225,12 @@ def analysis_options(command: Callable) -> Callable:
             help="Also write the JSON twin of the report here.",
         ),
         click.option(
+            "--full",
+            is_flag=True,
+            help="Keep every layer's histogram and per-unit arrays in the JSON twin "
+            "(by default only small layers keep them).",
+        ),
+        click.option(
             "--strategy",
             type=click.Choice(["mirrored", "multiworker"]),
             help="Capture with tf.distribute: every local GPU, or the cluster of TF_CONFIG.",
@@ -255,10 +261,10 @@ def cli() -> None:
     help="Where to write the HTML report.",
 )
 @verbosity
-def report(console: Console, output: str, json_path: str | None, **kwargs: Any) -> None:
+def report(console: Console, output: str, json_path: str | None, full: bool, **kwargs: Any) -> None:
     """Analyse MODEL on DATA and write a self-contained HTML report."""
     targets = _check_paths({"-o/--output": output, "--json": json_path}, **kwargs)
-    _write(console, _run(console, **kwargs), targets)
+    _write(console, _run(console, **kwargs), targets, full)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -291,6 +297,7 @@ def check(
     output_format: str,
     output: str | None,
     json_path: str | None,
+    full: bool,
     **kwargs: Any,
 ) -> None:
     """A CI gate: exit 0 when clean, 1 when a threshold is crossed, 2 on usage errors,
@@ -305,7 +312,7 @@ def check(
         gate.check_baseline(accepted, twin, baseline)
     violations = gate.evaluate(rules, twin, accepted)
     code = gate.exit_code(twin, violations, fail_on_warning)
-    _write(Console(quiet=True), result, targets)
+    _write(Console(quiet=True), result, targets, full)
     if output_format == "json":
         click.echo(json.dumps(_verdict(twin, violations, code), indent=2))
     else:
@@ -471,14 +478,16 @@ def _data_inputs(spec: str) -> list[Path]:
 
 def _non_finite_note(counts: dict[str, Any]) -> str:
     return (
-        f"{counts['values']} non-finite values (NaN or Inf) in {counts['samples']} samples, "
-        f"input {', '.join(counts['inputs'])}"
+        f"{counts['values']} non-finite values (NaN or Inf) in {counts['samples']} samples "
+        f"of input {', '.join(map(repr, counts['inputs']))}"
     )
 
 
-def _write(console: Console, result: AnalysisResult, targets: dict[str, Path]) -> None:
-    """Write the HTML report and its JSON twin together: both are rendered first, then
-    both replace their files, or neither does."""
+def _write(
+    console: Console, result: AnalysisResult, targets: dict[str, Path], full: bool = False
+) -> None:
+    """Write the HTML report and its JSON twin (`full`: with every per-unit array)
+    together: both are rendered first, then both replace their files, or neither does."""
     from keraslens.atomic import write_together
     from keraslens.report import render_html
 
@@ -488,7 +497,7 @@ def _write(console: Console, result: AnalysisResult, targets: dict[str, Path]) -
     if html is not None:
         files[html] = render_html(result)
     if twin is not None:
-        files[twin] = result.to_json_text()
+        files[twin] = result.to_json_text(full)
     write_together(files)
     if html is not None:
         console.say(f"Wrote {html}: {_summary(result.status, result.counts)}")

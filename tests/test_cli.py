@@ -287,3 +287,13 @@ def test_multi_input_model_reads_one_npz_array_per_input(fakes, tmp_path):
     )
     assert out.exit_code == 0, out.output
     assert "d.npz[a, b]" in (tmp_path / "r.html").read_text()
+
+
+def test_full_keeps_the_capture_histogram_in_the_json_twin(files, fakes, tmp_path):
+    common = ["report", files / "tiny.keras", "--data", files / "x.npy", "-q"]
+    common += ["-o", tmp_path / "r.html", "--json", tmp_path / "r.json"]
+    assert invoke(*common).exit_code == 0
+    default = json.loads((tmp_path / "r.json").read_text())["layers"]["hidden"]
+    assert invoke(*common, "--full").exit_code == 0
+    full = json.loads((tmp_path / "r.json").read_text())["layers"]["hidden"]
+    assert "histogram" not in default and "histogram" in full
