@@ -1,7 +1,7 @@
 """keraslens: see what happens inside a Keras model.
 
-Public names are imported on first use, so `keraslens --help` and plugin discovery
-start without loading TensorFlow.
+Public names are imported on first use, so `import keraslens`, `keraslens --help` and
+the command line's checks of paths and settings run without loading TensorFlow.
 """
 
 from __future__ import annotations

@@ -108,6 +108,8 @@ def verbosity(command: Callable) -> Callable:
         console = Console(verbose, quiet)
         try:
             return command(*args, console=console, **kwargs)
+        except (click.ClickException, click.exceptions.Abort, click.exceptions.Exit):
+            raise
         except KeraslensError as error:
             console.finish()
             if verbose:

@@ -173,7 +173,7 @@ def _refuse_overwrite(option: str, given: str, target: Path, source: str, path: 
         return
     if real.is_dir() and target.is_relative_to(real):
         problem = f"lies inside the {source} folder {str(path)!r}"
-    elif target == real or (target.exists() and os.path.samefile(target, real)):
+    elif target == real or (target.exists() and real.exists() and os.path.samefile(target, real)):
         problem = f"is the {source} file"
     else:
         return

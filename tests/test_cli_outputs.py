@@ -253,3 +253,19 @@ def test_a_report_that_cannot_be_serialised_changes_neither_file(model_files, mo
     assert out.exit_code == 4
     assert (model_files / "r.html").read_text() == "old html"
     assert (model_files / "r.json").read_text() == "old json"
+
+
+def test_a_missing_config_beside_an_existing_output_is_named_not_an_internal_error(inputs):
+    process = keraslens(
+        "report",
+        "m.keras",
+        "--data",
+        "x.npy",
+        "--config",
+        "absent.toml",
+        "-o",
+        "old.html",
+        cwd=inputs,
+    )
+    assert process.returncode == 2, process.stderr
+    assert "Config file 'absent.toml' does not exist." in process.stderr
