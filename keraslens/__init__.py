@@ -16,6 +16,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0"
 
 _EXPORTS = {
+    "Analysis": "keraslens.runner",
     "AnalysisContext": "keraslens.plugin",
     "AnalysisResult": "keraslens.result",
     "Figure": "keraslens.plugin",
@@ -41,6 +42,7 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "Analysis",
     "AnalysisContext",
     "AnalysisResult",
     "Figure",
@@ -64,13 +66,13 @@ __all__ = [
     "load_data",
     "load_model",
     "maximize",
-    "plugins",
+    "registry",
     "render_html",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("plugins", "attention"):
+    if name in ("registry", "attention"):
         return importlib.import_module(f"keraslens.{name}")
     if name not in _EXPORTS:
         raise AttributeError(f"module 'keraslens' has no attribute {name!r}")
@@ -84,7 +86,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from keraslens import attention, plugins
+    from keraslens import attention, registry
     from keraslens.attr import attribute
     from keraslens.callback import LensCallback
     from keraslens.capture import LayerStats, Lens
@@ -103,5 +105,5 @@ if TYPE_CHECKING:
     )
     from keraslens.report import render_html
     from keraslens.result import AnalysisResult, PluginRun
-    from keraslens.runner import analyze
+    from keraslens.runner import Analysis, analyze
     from keraslens.vis import heatmap, maximize

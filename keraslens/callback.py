@@ -13,18 +13,12 @@ from typing import Any
 import keras
 import numpy as np
 
-from keraslens.capture import LayerStats, Lens
+from keraslens.capture import LayerStats
 from keraslens.capture.traversal import LayerSelector
 from keraslens.errors import KeraslensError
 from keraslens.jsonable import to_jsonable
 from keraslens.result import AnalysisResult, PluginRun
-from keraslens.runner import (
-    context_sample,
-    merged_capture_settings,
-    prepare_runs,
-    run_meta,
-    run_plugins,
-)
+from keraslens.runner import Analysis, PreparedRun, prepare_runs
 from keraslens.training.alerts import Alerts, check_thresholds
 from keraslens.training.history import HistoryFile, TrainingHistory
 from keraslens.training.tensorboard import TensorBoardWriter, require_tensorboard
@@ -142,9 +136,8 @@ class LensCallback(keras.callbacks.Callback):
         self.batch_size = batch_size
         self.seed = seed
         self.verbose = verbose
-        self._minimal = plugins is None
         # Names and options are checked now, before any training step.
-        self._runs = prepare_runs(plugins, None, options, self._minimal)
+        self._runs = prepare_runs(plugins, options, skip_expensive=plugins is None)
         self._plugin_figures, defaults = _plugin_figures(self._runs)
         self.figures = (*self._plugin_figures, *LAYER_FIGURES)
         self.thresholds = {**defaults, **check_thresholds(thresholds, self.figures)}
@@ -153,8 +146,7 @@ class LensCallback(keras.callbacks.Callback):
         self._record = TrainingHistory()
         self._alerts = Alerts(self.thresholds)
         self.result: AnalysisResult | None = None
-        self._lens: Lens | None = None
-        self._sample: tuple[Any, Any] = (None, None)
+        self._analysis: Analysis | None = None
         self._writer: TensorBoardWriter | None = None
         self._started = False
         self._training = False
@@ -189,9 +181,8 @@ class LensCallback(keras.callbacks.Callback):
             require_tensorboard()
         self._started = False
         self._training = True
-        if self._lens is None or self._lens.model is not self.model:
-            self._lens = Lens(self.model, self.layers, **merged_capture_settings(self._runs))
-            self._sample = context_sample(self.probe_data, self.labels, self._lens)
+        if self._analysis is None or self._analysis.model is not self.model:
+            self._analysis = Analysis.from_runs(self.model, self._runs, layers=self.layers)
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
         if not self._started:
@@ -269,13 +260,9 @@ class LensCallback(keras.callbacks.Callback):
         self._say(f"keraslens {what} failed ({error}){self._stop_if_fail_fast()}")
 
     def _analyze(self) -> None:
-        # Keras keeps the strategy a model was built under (None outside any scope), and the
-        # probe pass runs under it: the same devices and workers as the training steps.
-        strategy = getattr(self.model, "_distribute_strategy", None)
-        stats = self._lens.capture(self.probe_data, self.batch_size, strategy=strategy)
         # Figures are drawn for reports only: matplotlib would dominate the cost of an epoch.
-        figures = self.report == "every"
-        runs = self._run_plugins(stats, figures)
+        result = self._run(figures=self.report == "every")
+        stats, runs = result.stats, result.plugins
         for run in runs.values():
             if run.error is not None:
                 self._failed(run.name, run.error, run.traceback)
@@ -283,36 +270,21 @@ class LensCallback(keras.callbacks.Callback):
             self._log_layer(key, layer_stats, runs)
         if self._writer is not None:
             self._writer.flush()
-        self.result = AnalysisResult(meta=self._meta(stats, figures), plugins=runs, stats=stats)
+        self.result = result
         if self.report == "every" and self._log.writing:
             self._write_report(suffix=f"-epoch{self._epoch:04d}-step{self._step:07d}")
 
-    def _run_plugins(self, stats: Mapping[str, LayerStats], figures: bool) -> dict[str, PluginRun]:
-        sample, labels = self._sample
-        return run_plugins(
-            self._runs,
-            model=self.model,
-            lens=self._lens,
-            stats=stats,
-            sample=sample,
-            labels=labels,
+    def _run(self, figures: bool) -> AnalysisResult:
+        # Keras keeps the strategy a model was built under (None outside any scope), and the
+        # probe pass runs under it: the same devices and workers as the training steps.
+        return self._analysis.run(
+            self.probe_data,
+            labels=self.labels,
+            batch_size=self.batch_size,
             seed=self.seed,
-            minimal=not figures,
-        )
-
-    def _meta(self, stats: Mapping[str, LayerStats], figures: bool) -> dict[str, Any]:
-        samples = next(iter(stats.values())).samples
-        data_source = f"probe data at epoch {self._epoch}, step {self._step}"
-        return run_meta(
-            self.model,
-            data_source,
-            samples,
-            None,
-            self.seed,
-            self.batch_size,
-            self.layers,
-            not figures,
-            self._runs,
+            data_source=f"probe data at epoch {self._epoch}, step {self._step}",
+            figures=figures,
+            strategy=getattr(self.model, "_distribute_strategy", None),
         )
 
     def _log_layer(self, key: str, stats: LayerStats, runs: Mapping[str, PluginRun]) -> None:
@@ -356,9 +328,8 @@ class LensCallback(keras.callbacks.Callback):
         return "; training goes on."
 
     def _write_report(self, suffix: str = "") -> None:
-        if self.result.meta["minimal"]:
-            self.result.plugins = self._run_plugins(self.result.stats, figures=True)
-            self.result.meta["minimal"] = False
+        if self.report != "every":  # the analyses during training drew no figures
+            self.result = self._run(figures=True)
         self.result.extra["training"] = self.training_section()
         self.result.to_json(self.out_dir / f"report{suffix}.json")
         self.result.to_html(self.out_dir / f"report{suffix}.html")
@@ -389,15 +360,15 @@ def _check_positive(name: str, value: Any) -> None:
         raise KeraslensError(f"{name} must be a positive integer, got {value!r}.")
 
 
-def _plugin_figures(runs: list) -> tuple[dict[str, str], dict[str, float]]:
+def _plugin_figures(runs: Iterable[PreparedRun]) -> tuple[dict[str, str], dict[str, float]]:
     """Figure -> the selected plugin that records it (`Plugin.training_metrics`), and the
     figures' default thresholds from the options those plugins name."""
     figures, thresholds = {}, {}
-    for info, _, parsed in runs:
-        for metric, option in getattr(info.plugin, "training_metrics", {}).items():
-            figures[metric] = info.name
+    for run in runs:
+        for metric, option in getattr(run.info.plugin, "training_metrics", {}).items():
+            figures[metric] = run.name
             if option is not None:
-                thresholds[metric] = float(parsed[option])
+                thresholds[metric] = float(run.options[option])
     return figures, thresholds
 
 

@@ -23,6 +23,7 @@ import click
 
 from keraslens import __version__, config, gate, paths
 from keraslens.errors import KeraslensError
+from keraslens.isolation import DEFAULT_TIME_LIMIT
 
 if TYPE_CHECKING:
     from keraslens.result import AnalysisResult
@@ -187,6 +188,11 @@ def analysis_options(command: Callable) -> Callable:
             "--minimal", is_flag=True, default=None, help="Skip the expensive plugins and figures."
         ),
         click.option(
+            "--time-limit",
+            type=click.FloatRange(min=0, min_open=True),
+            help=f"Seconds each plugin may run before it is stopped [{DEFAULT_TIME_LIMIT:g}].",
+        ),
+        click.option(
             "--option",
             "option_items",
             multiple=True,
@@ -326,7 +332,7 @@ def check(
 @verbosity
 def plugins(console: Console) -> None:
     """List installed plugins: distribution, version, options and status."""
-    from keraslens import plugins as registry
+    from keraslens import registry
 
     for info in registry.available():
         source = " ".join(filter(None, [info.distribution, info.version])) or "unknown"
@@ -414,6 +420,7 @@ def _run(
     imports: tuple[str, ...],
     rescale: float | None,
     strategy: str | None,
+    time_limit: float | None,
     rules: list[gate.Rule] | None = None,
     **flags: Any,
 ) -> AnalysisResult:
@@ -426,13 +433,18 @@ def _run(
     console.step("Loading TensorFlow ...")
     from keraslens import io
     from keraslens.capture.distributed import capture_strategy, strategy_named
-    from keraslens.runner import analyze, prepare_runs
+    from keraslens.runner import Analysis, prepare_runs
 
     # A multi-worker strategy must exist before TensorFlow runs anything.
     distribution = strategy_named(strategy)
+    runs = prepare_runs(
+        settings.plugins,
+        settings.options,
+        exclude=settings.exclude,
+        skip_expensive=settings.minimal,
+    )
     if rules:
-        runs = prepare_runs(settings.plugins, settings.exclude, settings.options, settings.minimal)
-        gate.check_plugins(rules, [info.name for info, _, _ in runs])
+        gate.check_plugins(rules, [run.name for run in runs])
     io.import_modules(imports)
     console.step(f"Loading model {model_path} ...")
     model = io.load_model(model_path, unsafe=unsafe)
@@ -446,18 +458,19 @@ def _run(
         source = f"{source}; {note}"
     console.detail(f"Loaded {model.name} and {loaded.source}.")
     with capture_strategy(distribution):
-        result = analyze(
+        analysis = Analysis.from_runs(
             model,
-            loaded.inputs,
-            settings.plugins,
-            settings.options,
-            exclude=settings.exclude,
+            runs,
             layers=settings.layers,
+            minimal=settings.minimal,
+            time_limit=DEFAULT_TIME_LIMIT if time_limit is None else time_limit,
+        )
+        result = analysis.run(
+            loaded.inputs,
             labels=loaded.labels,
             batch_size=settings.batch_size,
             samples=settings.samples,
             seed=settings.seed,
-            minimal=settings.minimal,
             data_source=source,
             progress=console.capture_progress,
             plugin_progress=console.plugin_progress,

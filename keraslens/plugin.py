@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
@@ -34,7 +35,8 @@ NEEDS = frozenset({"stats", "activations", "gradients", "labels", "sample"})
 gradients (the model itself), labels, a small sample of the data."""
 
 Severity = Literal["info", "warning", "error"]
-_SEVERITIES = ("info", "warning", "error")
+SEVERITIES: tuple[Severity, ...] = ("error", "warning", "info")
+"""Finding severities, most severe first: the order of the report and of the verdict."""
 _NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
 
@@ -142,11 +144,31 @@ class Finding:
     plugin: str = ""
 
     def __post_init__(self) -> None:
-        if self.severity not in _SEVERITIES:
-            raise ValueError(
-                f"Finding severity must be one of {_SEVERITIES}, got {self.severity!r}."
-            )
         self.units = [int(u) for u in self.units]
+        self.check()
+
+    def check(self) -> None:
+        """Raise `ValueError` when a field holds what a finding cannot.
+
+        Runs on creation, and again in the runner: a finding changed after it was made is
+        caught before it reaches the report or the gate.
+        """
+        if self.severity not in SEVERITIES:
+            raise ValueError(
+                f"Finding severity must be one of {SEVERITIES}, got {self.severity!r}."
+            )
+        for name in ("message", "label", "fix", "plugin"):
+            _require_text(f"Finding {name}", getattr(self, name))
+        for name in ("layer", "threshold_name"):
+            _require_text(f"Finding {name}", getattr(self, name), optional=True)
+        for name in ("value", "threshold"):
+            number = getattr(self, name)
+            if number is not None and not _is_finite_number(number):
+                raise ValueError(f"Finding {name} must be a finite number or None, got {number!r}.")
+        if not isinstance(self.units, (list, tuple)) or not all(
+            isinstance(u, (int, np.integer)) and not isinstance(u, bool) for u in self.units
+        ):
+            raise ValueError(f"Finding units must be a list of unit indices, got {self.units!r}.")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
@@ -165,6 +187,38 @@ class Table:
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
         return to_jsonable(asdict(self))
+
+    def checked(self) -> Table:
+        """A copy of the table, after checking that every row has one plain value per column.
+
+        Raises:
+            ValueError: naming the first part that is not a title, column names or rows.
+        """
+        _require_text("Table title", self.title)
+        _require_text("Table layer", self.layer, optional=True)
+        if not isinstance(self.columns, (list, tuple)) or not all(
+            isinstance(c, str) for c in self.columns
+        ):
+            raise ValueError(f"Table {self.title!r}: columns must be a list of names.")
+        if not isinstance(self.rows, (list, tuple)):
+            raise ValueError(
+                f"Table {self.title!r}: rows must be a list of rows, got {type(self.rows).__name__}."
+            )
+        rows = []
+        for index, row in enumerate(self.rows):
+            if not isinstance(row, (list, tuple)) or len(row) != len(self.columns):
+                raise ValueError(
+                    f"Table {self.title!r}: row {index} must be a list of {len(self.columns)} "
+                    f"values (one per column), got {row!r}."
+                )
+            for cell in row:
+                if not isinstance(cell, _PLAIN):
+                    raise ValueError(
+                        f"Table {self.title!r}: row {index} holds a {type(cell).__name__}; a "
+                        "cell is a string, a number, a boolean or None."
+                    )
+            rows.append(list(row))
+        return Table(self.title, list(self.columns), rows, self.layer)
 
 
 @dataclass
@@ -194,6 +248,14 @@ class Figure:
         """The PNG as a `data:` URI."""
         return "data:image/png;base64," + base64.b64encode(self.png).decode("ascii")
 
+    def check(self) -> None:
+        """Raise `ValueError` unless the figure is PNG bytes with a title."""
+        _require_text("Figure title", self.title)
+        _require_text("Figure caption", self.caption)
+        _require_text("Figure layer", self.layer, optional=True)
+        if not isinstance(self.png, bytes) or not self.png.startswith(_PNG_SIGNATURE):
+            raise ValueError(f"Figure {self.title!r}: png must be the bytes of a PNG image.")
+
 
 @dataclass
 class PluginResult:
@@ -207,6 +269,35 @@ class PluginResult:
     findings: list[Finding] = field(default_factory=list)
     tables: list[Table] = field(default_factory=list)
     figures: list[Figure] = field(default_factory=list)
+
+    def checked(self, plugin: str) -> PluginResult:
+        """A copy of the result for the report, its findings signed with `plugin`.
+
+        Everything is checked first, so that a malformed result is its plugin's error and
+        never a broken report or gate.
+
+        Raises:
+            TypeError: a part is not of the type the contract names.
+            ValueError: a part holds a value it cannot (see `Finding.check`, `Table.checked`).
+        """
+        if not isinstance(self.data, dict):
+            raise TypeError(f"data must be a dict, got {type(self.data).__name__}.")
+        check_jsonable(self.data, "data")
+        for name, kind in (("findings", Finding), ("tables", Table), ("figures", Figure)):
+            items = getattr(self, name)
+            if not isinstance(items, (list, tuple)):
+                raise TypeError(f"{name} must be a list, got {type(items).__name__}.")
+            for item in items:
+                if not isinstance(item, kind):
+                    raise TypeError(f"{name} holds a {type(item).__name__}, not a {kind.__name__}.")
+        for figure in self.figures:
+            figure.check()
+        return PluginResult(
+            data=dict(self.data),
+            findings=[replace(f, plugin=plugin, units=list(f.units)) for f in self.findings],
+            tables=[table.checked() for table in self.tables],
+            figures=list(self.figures),
+        )
 
 
 @dataclass
@@ -274,6 +365,14 @@ class Plugin:
         raise NotImplementedError
 
     @classmethod
+    def validate(cls, model: keras.Model, options: Mapping[str, Any]) -> None:
+        """Refuse options this model cannot honour (a layer it lacks), before any work.
+
+        Called once per analysis, before the capture. Raise a `KeraslensError` that names
+        the option and lists what exists; the default accepts everything.
+        """
+
+    @classmethod
     def capture_settings(cls, options: Mapping[str, Any]) -> dict[str, Any]:
         """Keyword arguments for the shared `Lens` (e.g. `{"epsilon": 0.01}`); default none."""
         return {}
@@ -314,4 +413,59 @@ class Plugin:
                 raise ValueError(f"Plugin {cls.name!r}: option {key!r} is not an Option.")
 
 
-PluginFactory = Callable[[], Plugin]
+_PLAIN = (str, int, float, np.integer, np.floating, np.bool_, type(None))
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_MAX_DEPTH = 64
+
+
+def _require_text(name: str, value: Any, optional: bool = False) -> None:
+    if not (isinstance(value, str) or (optional and value is None)):
+        allowed = "a string or None" if optional else "a string"
+        raise ValueError(f"{name} must be {allowed}, got {value!r}.")
+
+
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and math.isfinite(value)
+
+
+def check_jsonable(value: Any, where: str = "value") -> None:
+    """Raise `TypeError` naming the first part of `value` that JSON cannot hold.
+
+    Allowed: dicts with string or integer keys, lists, tuples, strings, numbers (non-finite
+    ones become null), booleans, None, and NumPy numbers and numeric arrays. Refused: sets,
+    other objects, object arrays, a structure that contains itself or nests deeper than 64.
+
+    Example:
+
+    ```python
+    check_jsonable({"layers": {"dense": [0.1, 0.2]}}, "data")  # fine
+    check_jsonable({"units": {1, 2}}, "data")  # TypeError: data['units'] is a set ...
+    ```
+    """
+    _check_jsonable(value, where, set())
+
+
+def _check_jsonable(value: Any, where: str, open_ids: set[int]) -> None:
+    if isinstance(value, _PLAIN):
+        return
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "biuf":
+            raise TypeError(f"{where} is an array of dtype {value.dtype}; JSON holds numbers.")
+        return
+    if not isinstance(value, (dict, list, tuple)):
+        raise TypeError(
+            f"{where} is a {type(value).__name__}, which JSON cannot hold; use a list, a dict, "
+            "a string or a number."
+        )
+    if id(value) in open_ids:
+        raise TypeError(f"{where} contains itself.")
+    if len(open_ids) >= _MAX_DEPTH:
+        raise TypeError(f"{where} nests deeper than {_MAX_DEPTH} levels.")
+    open_ids.add(id(value))
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    for key, item in items:
+        if isinstance(value, dict) and not isinstance(key, (str, int, np.integer)):
+            raise TypeError(f"{where} has a key {key!r}; keys are strings or integers.")
+        _check_jsonable(item, f"{where}[{key!r}]", open_ids)
+    open_ids.discard(id(value))
+

@@ -10,9 +10,7 @@ from typing import Any
 
 from keraslens.atomic import write_atomic
 from keraslens.capture import LayerStats
-from keraslens.plugin import Finding, PluginResult, to_jsonable
-
-_SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
+from keraslens.plugin import SEVERITIES, Finding, PluginResult, to_jsonable
 
 FULL_UNITS = 64
 """Layers of up to this many units keep their per-unit arrays in the default JSON twin;
@@ -21,13 +19,25 @@ larger ones keep them only in the full twin (`to_json(path, full=True)`)."""
 
 @dataclass
 class PluginRun:
-    """One plugin's part of a run: its result, or the error that stopped it."""
+    """One plugin's part of a run: its result, or the error that stopped it.
+
+    Attributes:
+        name: the plugin's registered name.
+        title: its title, as the report shows it.
+        distribution: the package that installed it, and `version` that package's version.
+        options: the options it ran with, and `defaults` their documented defaults.
+        result: what it returned (checked), or None when it could not run.
+        error: why it could not run, or None.
+        traceback: the traceback of that error, when there is one.
+        seconds: how long it ran (wall time).
+    """
 
     name: str
     title: str
     distribution: str | None
     version: str | None
     options: dict[str, Any]
+    defaults: dict[str, Any] = field(default_factory=dict)
     result: PluginResult | None = None
     error: str | None = None
     traceback: str | None = None
@@ -49,6 +59,7 @@ class PluginRun:
             options=self.options,
             status=self.status,
             error=self.error,
+            seconds=round(self.seconds, 3),
             findings=[f.to_dict() for f in result.findings],
             tables=[t.to_dict() for t in result.tables],
             figures=[fig.title for fig in result.figures],
@@ -76,7 +87,7 @@ class AnalysisResult:
     def findings(self) -> list[Finding]:
         """Every finding, most severe first."""
         found = [f for run in self.plugins.values() if run.result for f in run.result.findings]
-        return sorted(found, key=lambda f: _SEVERITY_ORDER[f.severity])
+        return sorted(found, key=lambda f: SEVERITIES.index(f.severity))
 
     @property
     def errors(self) -> list[PluginRun]:
@@ -86,7 +97,7 @@ class AnalysisResult:
     @property
     def counts(self) -> dict[str, int]:
         """How many findings of each severity, and how many plugin errors."""
-        counts = {"error": 0, "warning": 0, "info": 0}
+        counts = dict.fromkeys(SEVERITIES, 0)
         for finding in self.findings:
             counts[finding.severity] += 1
         counts["plugin_errors"] = len(self.errors)

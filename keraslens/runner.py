@@ -1,11 +1,12 @@
-"""`analyze`: one capture pass shared by the selected plugins, results assembled."""
+"""`Analysis`: plugins chosen and checked once, one capture pass shared by them, results
+assembled; `analyze` runs one."""
 
 from __future__ import annotations
 
 import datetime as _dt
-import time
-import traceback
-from collections.abc import Callable, Iterable, Mapping
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import keras
@@ -13,18 +14,344 @@ import numpy as np
 import tensorflow as tf
 
 import keraslens
-from keraslens import plugins as registry
-from keraslens.capture import Lens
+from keraslens import registry
+from keraslens.capture import LayerStats, Lens
 from keraslens.capture.data import iterate_batches
 from keraslens.capture.traversal import LayerSelector
 from keraslens.errors import KeraslensError
-from keraslens.plugin import AnalysisContext, Finding, PluginResult
+from keraslens.isolation import DEFAULT_TIME_LIMIT, contained
+from keraslens.plugin import AnalysisContext, PluginResult
 from keraslens.result import AnalysisResult, PluginRun
 
 PluginProgress = Callable[[str, int, int], None]
 
 SAMPLE_SIZE = 64
 """Samples handed to plugins that need per-sample data (`needs` "sample"/"activations")."""
+
+_SAMPLE_NEEDS = frozenset({"sample", "activations", "labels"})
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    """A selected plugin with its checked options, ready to run on any model.
+
+    Attributes:
+        info: the installed plugin (`info.plugin` is None when it failed to load).
+        options: its options, defaults overlaid with the given ones, each validated.
+    """
+
+    info: registry.PluginInfo
+    options: Mapping[str, Any]
+
+    @property
+    def name(self) -> str:
+        """The plugin's registered name."""
+        return self.info.name
+
+    @property
+    def needs(self) -> frozenset[str]:
+        """What the plugin asks for (`Plugin.needs`); nothing when it failed to load."""
+        return frozenset(self.info.plugin.needs) if self.info.plugin is not None else frozenset()
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """Option -> its documented default."""
+        plugin = self.info.plugin
+        return {key: o.default for key, o in plugin.options.items()} if plugin else {}
+
+
+def prepare_runs(
+    plugins: Iterable[str] | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    *,
+    exclude: Iterable[str] | None = None,
+    skip_expensive: bool = False,
+) -> tuple[PreparedRun, ...]:
+    """Discover the installed plugins once, select some and validate their options.
+
+    Needs no model, so a callback can check its settings when it is made.
+
+    Args:
+        plugins: names to run (default: every installed plugin).
+        options: plugin name -> its options.
+        exclude: names not to run.
+        skip_expensive: leave out the plugins marked `expensive`.
+
+    Returns:
+        The selected plugins in run order; one that failed to load is kept, to be reported.
+
+    Raises:
+        KeraslensError: an unknown name, options for a plugin that is not selected, an
+            invalid option, or nothing left to run.
+
+    Example:
+
+    ```python
+    runs = prepare_runs(["dead-neurons"], {"dead-neurons": {"threshold": 0.3}})
+    runs[0].options["threshold"]  # 0.3
+    ```
+    """
+    installed = registry.available()
+    names = None if plugins is None else list(plugins)
+    infos = registry.select(installed, names, list(exclude or []))
+    options = dict(options or {})
+    known = {info.name for info in infos}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise KeraslensError(
+            f"Options given for {unknown[0]!r}, which is not a selected plugin. "
+            f"Selected: {', '.join(sorted(known)) or 'none'}."
+        )
+    runs = []
+    for info in infos:
+        if info.plugin is None:
+            runs.append(PreparedRun(info, dict(options.get(info.name, {}))))
+        elif not (skip_expensive and info.plugin.expensive):
+            runs.append(PreparedRun(info, info.plugin.parse_options(options.get(info.name))))
+    if not runs:
+        raise KeraslensError(_nothing_to_run(installed, infos))
+    return tuple(runs)
+
+
+def _nothing_to_run(installed: list[registry.PluginInfo], chosen: list) -> str:
+    if not installed:
+        return "No plugin is installed, so there is nothing to analyse: reinstall keraslens."
+    names = ", ".join(info.name for info in installed)
+    if chosen:
+        skipped = ", ".join(info.name for info in chosen)
+        return (
+            f"Every selected plugin ({skipped}) is expensive and minimal skips them, so nothing "
+            f"would be analysed: drop minimal or select one of: {names}."
+        )
+    return f"Every plugin is excluded, so nothing would be analysed. Installed plugins: {names}."
+
+
+class Analysis:
+    """The selected plugins, checked once for one model, run on data as often as needed.
+
+    Building it discovers the plugins, validates their options, asks each plugin whether
+    its options suit the model (`Plugin.validate`) and prepares one `Lens`; nothing runs
+    on data yet. Each `run` makes one capture pass shared by the plugins that need
+    statistics and takes a small sample only when a plugin needs one. Each plugin runs
+    contained: an exception, `sys.exit()`, a result that breaks the contract, or running
+    past `time_limit` becomes that plugin's error, and the others still run.
+
+    Args:
+        model: a Keras 3 model (never modified).
+        plugins: plugin names to run (default: every installed plugin).
+        options: plugin name -> its options, e.g. `{"saturation": {"epsilon": 0.1}}`.
+        exclude: plugin names not to run.
+        layers: restrict the analysis to these layers (names, paths, globs, ...).
+        minimal: a quick run: skip the expensive plugins and draw no figures.
+        time_limit: seconds each plugin may run (None: no limit).
+
+    Example:
+
+    ```python
+    analysis = keraslens.Analysis(model, plugins=["dead-neurons", "saturation"])
+    before = analysis.run(x_val)
+    model.fit(x, y, epochs=1)
+    after = analysis.run(x_val)
+    ```
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        plugins: Iterable[str] | None = None,
+        options: Mapping[str, Mapping[str, Any]] | None = None,
+        *,
+        exclude: Iterable[str] | None = None,
+        layers: LayerSelector | Iterable[LayerSelector] | None = None,
+        minimal: bool = False,
+        time_limit: float | None = DEFAULT_TIME_LIMIT,
+    ) -> None:
+        runs = prepare_runs(plugins, options, exclude=exclude, skip_expensive=minimal)
+        self._bind(model, runs, layers, minimal, time_limit)
+
+    @classmethod
+    def from_runs(
+        cls,
+        model: keras.Model,
+        runs: Sequence[PreparedRun],
+        *,
+        layers: LayerSelector | Iterable[LayerSelector] | None = None,
+        minimal: bool = False,
+        time_limit: float | None = DEFAULT_TIME_LIMIT,
+    ) -> Analysis:
+        """An analysis of `model` with plugins already prepared by `prepare_runs`.
+
+        `minimal` here draws no figures and says so in the report; prepare the runs with
+        `skip_expensive=True` to leave out the expensive plugins too.
+
+        Example:
+
+        ```python
+        runs = prepare_runs(["dead-neurons"])  # checked before the model exists
+        analysis = Analysis.from_runs(model, runs)
+        ```
+        """
+        analysis = cls.__new__(cls)
+        analysis._bind(model, tuple(runs), layers, minimal, time_limit)
+        return analysis
+
+    def _bind(self, model, runs, layers, minimal, time_limit) -> None:
+        if time_limit is not None and not (
+            isinstance(time_limit, (int, float)) and time_limit > 0 and math.isfinite(time_limit)
+        ):
+            raise KeraslensError(
+                f"time_limit must be a positive number of seconds or None, got {time_limit!r}."
+            )
+        self.model = model
+        self.runs: tuple[PreparedRun, ...] = runs
+        self.layers = layers
+        self.minimal = bool(minimal)
+        self.time_limit = time_limit
+        self.lens = Lens(model, layers, **_capture_settings(runs))
+        self._broken = self._validated()
+
+    @property
+    def needs(self) -> frozenset[str]:
+        """What the selected plugins need together."""
+        return frozenset().union(*(run.needs for run in self.runs))
+
+    def run(
+        self,
+        data: Any,
+        *,
+        labels: Any = None,
+        batch_size: int = 256,
+        samples: int | None = None,
+        seed: int = 0,
+        data_source: str | None = None,
+        figures: bool | None = None,
+        strategy: tf.distribute.Strategy | None = None,
+        progress: Callable[[int, int | None], None] | None = None,
+        plugin_progress: PluginProgress | None = None,
+    ) -> AnalysisResult:
+        """Run the plugins on `data` and return the result.
+
+        Args:
+            data: NumPy array, tuple/dict of arrays, `tf.data.Dataset` or `PyDataset`.
+            labels: labels of `data` (array), for plugins that use them.
+            batch_size: samples per capture step.
+            samples: analyse a random subset of this many samples (array data), or
+                the first ones (datasets; a `PyDataset` is refused); the report says which.
+            seed: seed for sampling and for plugins.
+            data_source: how to describe the data in the report.
+            figures: draw figures (default: unless the analysis is minimal).
+            strategy: the `tf.distribute` strategy of the capture pass.
+            progress: `progress(samples_done, total)` during the capture pass.
+            plugin_progress: `plugin_progress(name, index, count)` before each plugin.
+
+        Returns:
+            An `AnalysisResult` (`.to_dict()`, `.to_json(path)`, `.to_html(path)`).
+        """
+        data, labels, n_samples, subset = _subsample(data, labels, samples, seed)
+        stats: dict[str, LayerStats] = {}
+        if "stats" in self.needs:
+            stats = self.lens.capture(data, batch_size, progress=progress, strategy=strategy)
+        sample = sample_labels = None
+        if self.needs & _SAMPLE_NEEDS:
+            sample, sample_labels = context_sample(data, labels, self.lens)
+        if n_samples is None:
+            n_samples = next(iter(stats.values())).samples if stats else None
+            if subset == "first" and n_samples is not None and n_samples < samples:
+                subset = None  # the dataset held fewer: all of it
+        context = {"stats": stats, "sample": sample, "labels": sample_labels, "seed": seed}
+        draw = not self.minimal if figures is None else bool(figures)
+        results: dict[str, PluginRun] = {}
+        for index, run in enumerate(self.runs):
+            if plugin_progress is not None:
+                plugin_progress(run.name, index, len(self.runs))
+            results[run.name] = self._run_one(run, minimal=not draw, **context)
+        meta = self._meta(data_source, n_samples, subset, seed, batch_size)
+        return AnalysisResult(meta=meta, plugins=results, stats=stats)
+
+    def _validated(self) -> dict[str, tuple[str, str | None]]:
+        """Ask each plugin whether its options suit the model (`Plugin.validate`).
+
+        A `KeraslensError` refuses the analysis; any other error is the plugin's own,
+        returned as plugin name -> (message, traceback) and reported when it would run.
+        """
+        broken = {}
+        for run in self.runs:
+            if run.info.plugin is None:
+                continue
+            plugin, options = run.info.plugin, dict(run.options)
+            outcome = contained(
+                lambda plugin=plugin, options=options: plugin.validate(self.model, options),
+                name=run.name,
+                time_limit=self.time_limit,
+            )
+            if isinstance(outcome.error, KeraslensError):
+                raise KeraslensError(f"{run.name}: {outcome.error}") from outcome.error
+            if outcome.error is not None:
+                broken[run.name] = (f"validate() failed: {outcome.message}", outcome.traceback)
+        return broken
+
+    def _run_one(self, run: PreparedRun, *, stats, sample, labels, seed, minimal) -> PluginRun:
+        info = run.info
+        record = PluginRun(
+            name=info.name,
+            title=info.title,
+            distribution=info.distribution,
+            version=info.version,
+            options=dict(run.options),
+            defaults=run.defaults,
+        )
+        if info.plugin is None:
+            record.error = f"could not be loaded: {info.error}"
+            return record
+        if info.name in self._broken:
+            record.error, record.traceback = self._broken[info.name]
+            return record
+        needs = run.needs
+        context = AnalysisContext(
+            model=self.model,
+            lens=self.lens,
+            stats=stats if "stats" in needs else None,
+            sample=sample if needs & {"sample", "activations"} else None,
+            labels=labels if "labels" in needs else None,
+            options=dict(run.options),
+            seed=seed,
+            minimal=minimal,
+        )
+        outcome = contained(
+            lambda: _checked(info.instantiate().analyze(context), info.name),
+            name=info.name,
+            time_limit=self.time_limit,
+        )
+        record.seconds = outcome.seconds
+        record.result = outcome.value
+        record.error, record.traceback = outcome.message, outcome.traceback
+        return record
+
+    def _meta(self, data_source, n_samples, subset, seed, batch_size) -> dict[str, Any]:
+        """The report's description of a run: model, data, settings, plugin versions, date."""
+        model = self.model
+        try:
+            input_shapes = [list(t.shape) for t in model.inputs]
+        except (AttributeError, ValueError):
+            input_shapes = []
+        layers = self.layers
+        return {
+            "model": model.name,
+            "model_class": type(model).__name__,
+            "parameters": int(model.count_params()) if model.built else None,
+            "input_shapes": input_shapes,
+            "data_source": data_source or "in-memory data",
+            "samples": n_samples,
+            "sampled": subset is not None,
+            "subset": subset,
+            "seed": seed,
+            "batch_size": batch_size,
+            "layers": None if layers is None else [str(s) for s in np.atleast_1d(layers)],
+            "minimal": self.minimal,
+            "keraslens_version": keraslens.__version__,
+            "plugins": {run.name: run.info.version for run in self.runs},
+            "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        }
 
 
 def analyze(
@@ -40,14 +367,12 @@ def analyze(
     samples: int | None = None,
     seed: int = 0,
     minimal: bool = False,
+    time_limit: float | None = DEFAULT_TIME_LIMIT,
     data_source: str | None = None,
     progress: Callable[[int, int | None], None] | None = None,
     plugin_progress: PluginProgress | None = None,
 ) -> AnalysisResult:
-    """Run the selected analyses on `model` over `data` and return the result.
-
-    Plugins that need capture statistics share one capture pass. A plugin that
-    raises is recorded as an error; the others still run.
+    """Run the selected analyses on `model` over `data` once: `Analysis(...).run(data)`.
 
     Args:
         model: a Keras 3 model.
@@ -61,7 +386,8 @@ def analyze(
         samples: analyse a random subset of this many samples (array data), or
             the first ones (datasets; a `PyDataset` is refused); the report says which.
         seed: seed for sampling and for plugins.
-        minimal: skip expensive plugins and figures.
+        minimal: a quick run: skip the expensive plugins and draw no figures.
+        time_limit: seconds each plugin may run (None: no limit).
         data_source: how to describe the data in the report.
         progress: `progress(samples_done, total)` during the capture pass.
         plugin_progress: `plugin_progress(name, index, count)` before each plugin.
@@ -76,96 +402,40 @@ def analyze(
     result.to_html("report.html")
     ```
     """
-    runs = prepare_runs(plugins, exclude, options, minimal)
-    data, labels, n_samples, subset = _subsample(data, labels, samples, seed)
-    needs = set().union(*(run_needs for _, run_needs, _ in runs)) if runs else set()
-    lens = Lens(model, layers, **merged_capture_settings(runs))
-    stats = lens.capture(data, batch_size, progress=progress) if "stats" in needs else {}
-    sample, sample_labels = context_sample(data, labels, lens)
-    if n_samples is None:
-        n_samples = next(iter(stats.values())).samples if stats else None
-        if subset == "first" and n_samples is not None and n_samples < samples:
-            subset = None  # the dataset held fewer: all of it
-    results = run_plugins(
-        runs,
-        model=model,
-        lens=lens,
-        stats=stats,
-        sample=sample,
-        labels=sample_labels,
-        seed=seed,
+    analysis = Analysis(
+        model,
+        plugins,
+        options,
+        exclude=exclude,
+        layers=layers,
         minimal=minimal,
+        time_limit=time_limit,
+    )
+    return analysis.run(
+        data,
+        labels=labels,
+        batch_size=batch_size,
+        samples=samples,
+        seed=seed,
+        data_source=data_source,
+        progress=progress,
         plugin_progress=plugin_progress,
     )
-    meta = run_meta(model, data_source, n_samples, subset, seed, batch_size, layers, minimal, runs)
-    return AnalysisResult(meta=meta, plugins=results, stats=stats)
 
 
-def run_plugins(
-    runs: list,
-    *,
-    model: keras.Model,
-    lens: Lens,
-    stats: Mapping[str, Any],
-    sample: Any,
-    labels: np.ndarray | None,
-    seed: int = 0,
-    minimal: bool = False,
-    plugin_progress: PluginProgress | None = None,
-) -> dict[str, PluginRun]:
-    """Run prepared plugins (`prepare_runs`) on statistics that were already captured.
-
-    Shared by `analyze` and `LensCallback`, which captures with one `Lens` per training.
-    """
-    results: dict[str, PluginRun] = {}
-    for index, (info, _, parsed) in enumerate(runs):
-        if plugin_progress is not None:
-            plugin_progress(info.name, index, len(runs))
-        context = AnalysisContext(
-            model=model,
-            lens=lens,
-            stats=stats,
-            sample=sample,
-            labels=labels,
-            options=parsed,
-            seed=seed,
-            minimal=minimal,
-        )
-        results[info.name] = _run_one(info, parsed, context)
-    return results
+def _checked(result: Any, name: str) -> PluginResult:
+    if not isinstance(result, PluginResult):
+        raise TypeError(f"analyze() returned {type(result).__name__}, not a PluginResult")
+    return result.checked(name)
 
 
-def prepare_runs(plugins, exclude, options, minimal):
-    """Resolve and validate everything before any work starts."""
-    names = None if plugins is None else list(plugins)
-    infos = registry.select(registry.available(), names, list(exclude or []))
-    options = dict(options or {})
-    known = {info.name for info in infos}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise KeraslensError(
-            f"Options given for {unknown[0]!r}, which is not a selected plugin. "
-            f"Selected: {', '.join(sorted(known)) or 'none'}."
-        )
-    runs = []
-    for info in infos:
-        if info.plugin is None:
-            runs.append((info, set(), dict(options.get(info.name, {}))))
-            continue
-        if minimal and info.plugin.expensive:
-            continue
-        parsed = info.plugin.parse_options(options.get(info.name))
-        runs.append((info, set(info.plugin.needs), parsed))
-    return runs
-
-
-def merged_capture_settings(runs) -> dict[str, Any]:
+def _capture_settings(runs: Sequence[PreparedRun]) -> dict[str, Any]:
     """The Lens settings the prepared plugins ask for, which must agree."""
     settings: dict[str, Any] = {}
-    for info, _, parsed in runs:
-        if info.plugin is None:
+    for run in runs:
+        if run.info.plugin is None:
             continue
-        for key, value in info.plugin.capture_settings(parsed).items():
+        for key, value in run.info.plugin.capture_settings(run.options).items():
             if key in settings and settings[key] != value:
                 raise KeraslensError(
                     f"Plugins ask for different capture settings {key}={settings[key]!r} and "
@@ -173,34 +443,6 @@ def merged_capture_settings(runs) -> dict[str, Any]:
                 )
             settings[key] = value
     return settings
-
-
-def _run_one(info: registry.PluginInfo, parsed: dict[str, Any], context) -> PluginRun:
-    run = PluginRun(
-        name=info.name,
-        title=info.title,
-        distribution=info.distribution,
-        version=info.version,
-        options=parsed,
-    )
-    if info.plugin is None:
-        run.error = f"could not be loaded: {info.error}"
-        return run
-    started = time.perf_counter()
-    try:
-        result = info.instantiate().analyze(context)
-        if not isinstance(result, PluginResult):
-            raise TypeError(f"analyze() returned {type(result).__name__}, not a PluginResult")
-        for finding in result.findings:
-            if not isinstance(finding, Finding):
-                raise TypeError(f"a finding is a {type(finding).__name__}, not a Finding")
-            finding.plugin = info.name
-        run.result = result
-    except Exception as error:  # a failing analysis never kills the report
-        run.error = f"{type(error).__name__}: {error}"
-        run.traceback = traceback.format_exc()
-    run.seconds = time.perf_counter() - started
-    return run
 
 
 def _subsample(data, labels, samples, seed):
@@ -238,37 +480,6 @@ def context_sample(data, labels, lens: Lens):
             break
     if not taken:
         raise KeraslensError("The data is empty: there are no samples to analyse.")
-    sample = tf.nest.map_structure(
-        lambda *parts: np.concatenate(parts)[:SAMPLE_SIZE], *taken
-    )
+    sample = tf.nest.map_structure(lambda *parts: np.concatenate(parts)[:SAMPLE_SIZE], *taken)
     sample_labels = None if labels is None else np.asarray(labels)[:SAMPLE_SIZE]
     return sample, sample_labels
-
-
-def run_meta(model, data_source, n_samples, subset, seed, batch_size, layers, minimal, runs):
-    """The report's description of a run: model, data, settings, plugin versions, date."""
-    try:
-        input_shapes = [list(t.shape) for t in model.inputs]
-    except (AttributeError, ValueError):
-        input_shapes = []
-    return {
-        "model": model.name,
-        "model_class": type(model).__name__,
-        "parameters": int(model.count_params()) if model.built else None,
-        "input_shapes": input_shapes,
-        "data_source": data_source or _describe_data(),
-        "samples": n_samples,
-        "sampled": subset is not None,
-        "subset": subset,
-        "seed": seed,
-        "batch_size": batch_size,
-        "layers": None if layers is None else [str(s) for s in np.atleast_1d(layers)],
-        "minimal": minimal,
-        "keraslens_version": keraslens.__version__,
-        "plugins": {info.name: info.version for info, _, _ in runs},
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    }
-
-
-def _describe_data() -> str:
-    return "in-memory data"

@@ -6,11 +6,11 @@ import math
 from typing import Any
 
 import numpy as np
-from keraslens_plugins import _common
 
 from keraslens.capture import LayerStats
 from keraslens.capture.stats import histogram_edges
 from keraslens.plugin import AnalysisContext, Finding, Plugin, PluginResult, Table
+from plugins import _common
 
 HISTOGRAM_BINS = 64
 """Bins of the histogram kept in the JSON result (adjacent capture buckets merged)."""

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from keraslens_plugins import _common
 
 from keraslens.attention import HeadStats, capture, maps
 from keraslens.errors import KeraslensError
 from keraslens.plugin import AnalysisContext, Figure, Finding, Option, Plugin, PluginResult, Table
+from plugins import _common
 
 MAX_GRID_HEADS = 16
 """Heads drawn per layer in the head grid."""

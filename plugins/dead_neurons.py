@@ -6,11 +6,11 @@ import math
 from typing import Any
 
 import numpy as np
-from keraslens_plugins import _common
 
 from keraslens.capture import LayerStats
 from keraslens.capture.activations import RELU_FAMILY
 from keraslens.plugin import AnalysisContext, Finding, Option, Plugin, PluginResult, Table
+from plugins import _common
 
 _FIRES = "fires"
 _CONSTANT = "constant"

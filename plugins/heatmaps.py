@@ -8,7 +8,12 @@ import numpy as np
 
 from keraslens.errors import KeraslensError
 from keraslens.plugin import AnalysisContext, Figure, Finding, Option, Plugin, PluginResult, Table
-from keraslens.vis.compat import input_shape_of, parse_output, require_continuous_input
+from keraslens.vis.compat import (
+    check_path,
+    input_shape_of,
+    parse_output,
+    require_continuous_input,
+)
 from keraslens.vis.figures import heatmap_grid
 from keraslens.vis.heatmap import METHODS, explain
 from keraslens.vis.layers import last_spatial_layer
@@ -65,6 +70,18 @@ class Heatmaps(Plugin):
         ),
         "faithfulness_steps": Option(int, 16, "Deletion / insertion steps.", min=1, max=256),
     }
+
+    @classmethod
+    def validate(cls, model: Any, options: dict[str, Any]) -> None:
+        """Refuse a `layer` the model lacks, or a `class_index` beyond its classes."""
+        if options["layer"]:
+            check_path(model, options["layer"].split("/"))
+        classes = _class_count(model, parse_output(options["output"]))
+        if classes is not None and options["class_index"] >= classes:
+            raise KeraslensError(
+                f"heatmaps.class_index={options['class_index']} is not a class of the explained "
+                f"output, which has {classes}: use 0 to {classes - 1}, or -1 for each sample's own."
+            )
 
     def analyze(self, ctx: AnalysisContext) -> PluginResult:
         if not isinstance(ctx.sample, np.ndarray):
@@ -132,6 +149,19 @@ class Heatmaps(Plugin):
             "insertion_auc": float(faithfulness.insertion.mean()),
         }
         return report, explanation
+
+
+def _class_count(model: Any, output: int | str | None) -> int | None:
+    """Classes of the output chosen by index (or the only one), None when it cannot be told."""
+    try:
+        outputs = list(model.outputs)
+    except (AttributeError, ValueError, TypeError):  # a subclassed model has no symbolic outputs
+        return None
+    if output is None and len(outputs) == 1:
+        return outputs[0].shape[-1]
+    if isinstance(output, int) and -len(outputs) <= output < len(outputs):
+        return outputs[output].shape[-1]
+    return None
 
 
 def _class_labels(labels: np.ndarray | None) -> np.ndarray | None:

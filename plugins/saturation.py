@@ -6,11 +6,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from keraslens_plugins import _common
 
 from keraslens.capture import LayerStats
 from keraslens.capture.activations import RELU_FAMILY
 from keraslens.plugin import AnalysisContext, Option, Plugin, PluginResult, Table
+from plugins import _common
 
 _FIX = (
     "Scale the inputs (standardise them), use Glorot initialisation, add normalisation "

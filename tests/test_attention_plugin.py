@@ -5,10 +5,10 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from keraslens_plugins.attention import Attention
 
 import keraslens
 from keraslens.plugin import AnalysisContext
+from plugins.attention import Attention
 
 TOKENS, WIDTH, HEADS, KEY_DIM, BOS = 6, 8, 4, 4, 1
 

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 from sklearn.datasets import load_digits
 
-import keraslens.plugins as registry
+import keraslens.registry as registry
 from keraslens.callback import LensCallback
 from keraslens.capture.stats import BAND_KEYS, BAND_SIGMAS
 from keraslens.errors import KeraslensError

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import keraslens
-from keraslens import plugins as registry
+from keraslens import registry
 
 BROKEN = {
     "kl_broken_import": "import keraslens_no_such_module  # noqa: F401\n",
@@ -37,7 +37,7 @@ ENTRIES = [
     ("broken-import", "kl_broken_import:Anything"),
     ("old-api", "kl_old_api:OldApi"),
     ("raises", "kl_raises:Raises"),
-    ("dead-neurons", "keraslens_plugins.dead_neurons:DeadNeurons"),
+    ("dead-neurons", "plugins.dead_neurons:DeadNeurons"),
 ]
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import keraslens
-from keraslens import plugins as registry
+from keraslens import registry
 
 EXAMPLE = Path(__file__).parent / "example_plugin"
 DISTRIBUTION = "keraslens-example-plugin"

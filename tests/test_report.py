@@ -21,6 +21,7 @@ from test_report_fixtures import (
 
 import keraslens
 from keraslens.callback import LensCallback
+from keraslens.plugin import Plugin, PluginResult
 from keraslens.report import render_html
 
 
@@ -186,8 +187,16 @@ def test_training_section_from_lens_callback(monkeypatch, tmp_path):
     assert 'class="band"' in training and "<polyline" in training
 
 
+class FindsNothing(Plugin):
+    name = "finds-nothing"
+    needs = frozenset()
+
+    def analyze(self, ctx):
+        return PluginResult()
+
+
 def test_report_without_stats_or_findings_says_so(monkeypatch):
-    install_plugins(monkeypatch)
+    install_plugins(monkeypatch, FindsNothing)
     html = render_html(
         keraslens.analyze(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]), tiny_data())
     )

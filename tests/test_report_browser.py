@@ -99,7 +99,7 @@ def test_demo_command_writes_report_and_json_twin(demo):
     assert "Wrote demo-report.html" in done.stdout
     twin = json.loads((folder / "demo.json").read_text())
     assert twin["meta"]["model"] == "digits_cnn" and twin["meta"]["samples"] == 360
-    assert set(twin["plugins"]) == {info.name for info in keraslens.plugins.available()}
+    assert set(twin["plugins"]) == {info.name for info in keraslens.registry.available()}
 
 
 @pytest.mark.slow

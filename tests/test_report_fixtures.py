@@ -106,7 +106,7 @@ class HostileNames(Plugin):
 
 @dataclass
 class FakeEntryPoint:
-    """Just enough of `importlib.metadata.EntryPoint` for `keraslens.plugins`."""
+    """Just enough of `importlib.metadata.EntryPoint` for `keraslens.registry`."""
 
     name: str
     value: str
@@ -120,7 +120,7 @@ class FakeEntryPoint:
 def install_plugins(monkeypatch: pytest.MonkeyPatch, *classes: type[Plugin]) -> None:
     """Make exactly `classes` the installed plugins."""
     points = [FakeEntryPoint(c.name, f"tests:{c.__name__}", c) for c in classes]
-    monkeypatch.setattr("keraslens.plugins.entry_points", lambda group: list(points))
+    monkeypatch.setattr("keraslens.registry.entry_points", lambda group: list(points))
 
 
 def tiny_model(layer_name: str = "hidden") -> keras.Model:

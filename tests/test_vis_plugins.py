@@ -5,11 +5,11 @@ from types import SimpleNamespace
 import keras
 import numpy as np
 import pytest
-from keraslens_plugins.activation_maximization import ActivationMaximization
-from keraslens_plugins.heatmaps import Heatmaps
 
 import keraslens
 from keraslens.plugin import AnalysisContext
+from plugins.activation_maximization import ActivationMaximization
+from plugins.heatmaps import Heatmaps
 
 
 def _conv_model():

@@ -31,7 +31,7 @@ def render_html(result: AnalysisResult) -> str:
     html = keraslens.report.render_html(keraslens.analyze(model, x_val))
     ```
     """
-    context = view.build(result, _option_defaults(result))
+    context = view.build(result, {name: run.defaults for name, run in result.plugins.items()})
     return (
         _environment()
         .get_template("report.html.j2")
@@ -67,14 +67,3 @@ def format_number(value: Any) -> str:
     if number.is_integer() and abs(number) < 1e15:
         return str(int(number))
     return f"{number:.4g}"
-
-
-def _option_defaults(result: AnalysisResult) -> dict[str, dict[str, Any]]:
-    """Plugin -> option -> documented default, for the plugins that ran."""
-    from keraslens import plugins as registry
-
-    defaults: dict[str, dict[str, Any]] = {}
-    for info in registry.available():
-        if info.name in result.plugins and info.plugin is not None:
-            defaults[info.name] = {k: o.default for k, o in info.plugin.options.items()}
-    return defaults

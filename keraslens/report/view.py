@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from keraslens.capture import LayerStats
-from keraslens.plugin import Finding, Table
+from keraslens.plugin import SEVERITIES, Finding, Table
 from keraslens.report import charts
 from keraslens.report.training import training_view
 from keraslens.result import AnalysisResult, PluginRun
@@ -40,8 +40,6 @@ MAX_UNITS_LISTED = 12
 
 FACT_NAMES = ("Type", "Activation", "Output shape", "Units", "Samples")
 """What the report states about every layer."""
-
-_SEVERITY_RANK = {"error": 0, "warning": 1, "info": 2}
 
 
 class Anchors:
@@ -263,11 +261,11 @@ def _layer_view(
     name: str, stats: LayerStats | None, findings: Iterable[FindingView], anchors: Anchors
 ) -> LayerView:
     mine = [f for f in findings if f.layer == name]
-    worst = min((_SEVERITY_RANK[f.severity] for f in mine), default=3)
+    worst = min((SEVERITIES.index(f.severity) for f in mine), default=len(SEVERITIES))
     view = LayerView(
         name=name,
         anchor=anchors("layer", name),
-        status=("error", "warning", "info", "ok")[worst],
+        status=(*SEVERITIES, "ok")[worst],
         findings=mine,
     )
     if stats is not None:

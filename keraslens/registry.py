@@ -33,7 +33,7 @@ class PluginInfo:
 
     @property
     def status(self) -> str:
-        """"loaded" or "failed"."""
+        """ "loaded" or "failed"."""
         return "loaded" if self.error is None else "failed"
 
     @property
@@ -84,7 +84,7 @@ def _load(entry: EntryPoint) -> PluginInfo:
                 f"the class declares name {cls.name!r} but is registered as {entry.name!r}"
             )
         info.plugin = plugin
-    except Exception as error:  # a broken plugin must not break discovery
+    except (Exception, SystemExit) as error:  # a broken plugin must not break discovery
         info.error = f"{type(error).__name__}: {error}"
     return info
 
