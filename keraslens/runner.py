@@ -196,8 +196,10 @@ class Analysis:
         return analysis
 
     def _bind(self, model, runs, layers, minimal, time_limit) -> None:
-        if time_limit is not None and not (
-            isinstance(time_limit, (int, float)) and time_limit > 0 and math.isfinite(time_limit)
+        if time_limit is not None and (
+            isinstance(time_limit, bool)
+            or not isinstance(time_limit, (int, float))
+            or not 0 < time_limit < math.inf
         ):
             raise KeraslensError(
                 f"time_limit must be a positive number of seconds or None, got {time_limit!r}."
