@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from importlib.metadata import entry_points
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -50,6 +52,16 @@ def test_builtin_analyses_are_installed_and_load():
     for name in BUILTIN:
         assert infos[name].status == "loaded", infos[name].error
         assert infos[name].distribution == "keraslens"
+
+
+def test_builtin_entry_points_name_modules_of_the_plugins_folder():
+    """From a source checkout (its root on sys.path) they import the same files."""
+    root = Path(__file__).resolve().parents[1]
+    builtin = [e for e in entry_points(group=registry.GROUP) if e.dist.name == "keraslens"]
+
+    assert {e.name for e in builtin} >= set(BUILTIN)
+    for entry in builtin:
+        assert (root / (entry.module.replace(".", "/") + ".py")).is_file(), entry.value
 
 
 @pytest.fixture(scope="module")

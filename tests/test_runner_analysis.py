@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -138,3 +141,16 @@ def test_results_carry_their_option_defaults_so_the_report_needs_no_registry(mon
 def test_time_limit_that_is_not_a_positive_number_is_refused(limit):
     with pytest.raises(keraslens.KeraslensError, match="time_limit must be a positive number"):
         keraslens.Analysis(_model(), plugins=["needs-stats"], time_limit=limit)
+
+
+@pytest.mark.slow
+def test_the_report_depends_on_results_not_on_the_runner_or_the_callback():
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, keraslens.report; print(sorted(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+    assert "'keraslens.result'" in loaded
+    assert "'keraslens.runner'" not in loaded and "'keraslens.callback'" not in loaded
