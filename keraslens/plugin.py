@@ -468,4 +468,3 @@ def _check_jsonable(value: Any, where: str, open_ids: set[int]) -> None:
             raise TypeError(f"{where} has a key {key!r}; keys are strings or integers.")
         _check_jsonable(item, f"{where}[{key!r}]", open_ids)
     open_ids.discard(id(value))
-

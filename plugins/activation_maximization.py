@@ -11,6 +11,7 @@ from keraslens.capture import LayerStats
 from keraslens.errors import KeraslensError
 from keraslens.plugin import AnalysisContext, Figure, Finding, Option, Plugin, PluginResult, Table
 from keraslens.vis.compat import (
+    check_path,
     functional_view,
     input_shape_of,
     parse_output,
@@ -85,6 +86,12 @@ class ActivationMaximization(Plugin):
         "tv_weight": Option(float, 5.0, "Total-variation penalty weight.", min=0.0),
         "l2_weight": Option(float, 0.5, "L2 penalty weight.", min=0.0),
     }
+
+    @classmethod
+    def validate(cls, model: Any, options: dict[str, Any]) -> None:
+        """Refuse a path in `layers` that the model does not have, listing what it has."""
+        for layer in options["layers"]:
+            check_path(model, layer.split("/"))
 
     def analyze(self, ctx: AnalysisContext) -> PluginResult:
         reason = _skip_reason(ctx)

@@ -293,3 +293,10 @@ def test_heatmaps_options_the_model_has_are_accepted():
     analysis = keraslens.Analysis(_model(), plugins=["heatmaps"], options=options)
 
     assert [run.name for run in analysis.runs] == ["heatmaps"]
+
+
+def test_activation_maximization_layer_the_model_lacks_is_refused():
+    options = {"activation-maximization": {"layers": ["hidden", "nosuchlayer"]}}
+
+    with pytest.raises(KeraslensError, match="activation-maximization: .*'nosuchlayer' not found"):
+        keraslens.Analysis(_model(), plugins=["activation-maximization"], options=options)

@@ -101,7 +101,7 @@ def test_bad_units_and_layers_are_named(digits, layer, units, message):
 
 
 def test_auto_steps_fall_as_one_over_sqrt_of_the_parameters():
-    from keraslens_plugins.activation_maximization import auto_steps
+    from plugins.activation_maximization import auto_steps
 
     assert auto_steps(6_000) == 100
     assert auto_steps(1_000_000) == 100
@@ -168,7 +168,7 @@ def test_the_output_option_explains_only_the_named_output():
 
 
 def test_the_default_layer_is_the_heatmaps_default_and_the_steps_are_reported():
-    from keraslens_plugins.activation_maximization import FULL_STEPS
+    from plugins.activation_maximization import FULL_STEPS
 
     from keraslens.vis.layers import last_spatial_layer
 
