@@ -27,7 +27,7 @@ def position_shape(value_shape: tuple) -> tuple:
     return tuple(value_shape) if len(value_shape) == 1 else tuple(value_shape[:-1])
 
 
-def per_position(maps: np.ndarray, value_shape: tuple) -> np.ndarray:
+def repeat_over_channels(maps: np.ndarray, value_shape: tuple) -> np.ndarray:
     """`(N, *positions)` maps repeated over the channels: `(N, *value_shape)`, float32."""
     maps = np.asarray(maps, dtype=np.float32)
     if len(value_shape) == 1:

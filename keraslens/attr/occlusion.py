@@ -8,9 +8,9 @@ import numpy as np
 
 from keraslens.attr.masking import (
     fill_values,
-    per_position,
     perturbed_scores,
     position_shape,
+    repeat_over_channels,
     weighted_mask_sum,
 )
 from keraslens.attr.method import AttributionMethod
@@ -80,7 +80,7 @@ class Occlusion(AttributionMethod):
         occluded = perturbed_scores(scorer, len(corners), lambda a, b: 1 - boxes(a, b), fill)
         clean = scorer.logits[np.arange(scorer.samples), scorer.targets]
         drops = clean[:, None] - occluded
-        return per_position(weighted_mask_sum(drops, len(corners), boxes), x.shape[1:])
+        return repeat_over_channels(weighted_mask_sum(drops, len(corners), boxes), x.shape[1:])
 
     def _per_axis(self, key: str, positions: tuple) -> tuple:
         sizes = [int(s) for s in np.atleast_1d(np.asarray(getattr(self, key), dtype=object))]

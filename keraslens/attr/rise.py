@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from keraslens.attr.masking import per_position, perturbed_scores, position_shape, weighted_mask_sum
+from keraslens.attr.masking import (
+    perturbed_scores,
+    position_shape,
+    repeat_over_channels,
+    weighted_mask_sum,
+)
 from keraslens.attr.method import AttributionMethod
 from keraslens.attr.scorer import Scorer
 from keraslens.plugin import Option
@@ -52,7 +57,7 @@ class Rise(AttributionMethod):
 
         scores = perturbed_scores(scorer, self.masks, masks)
         saliency = weighted_mask_sum(scores, self.masks, masks) / (self.masks * self.keep)
-        return per_position(saliency, scorer.value.shape[1:])
+        return repeat_over_channels(saliency, scorer.value.shape[1:])
 
 
 def rise_masks(

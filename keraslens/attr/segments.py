@@ -13,7 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from keraslens.attr.masking import fill_values, per_position, perturbed_scores, position_shape
+from keraslens.attr.masking import (
+    fill_values,
+    perturbed_scores,
+    position_shape,
+    repeat_over_channels,
+)
 from keraslens.attr.method import AttributionMethod
 from keraslens.attr.scorer import Scorer
 from keraslens.errors import KeraslensError
@@ -88,7 +93,7 @@ class CoalitionMethod(AttributionMethod):
         design = np.concatenate([coalitions, np.ones((1, count)), np.zeros((1, count))])
         scores = perturbed_scores(scorer, len(design), lambda a, b: design[a:b][:, ids], fill)
         values = self._fit(coalitions, weights, scores[:, :-2], scores[:, -2], scores[:, -1])
-        return per_position(values[:, ids], x.shape[1:])
+        return repeat_over_channels(values[:, ids], x.shape[1:])
 
     @abstractmethod
     def _coalitions(self, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -15,7 +15,7 @@ from abc import abstractmethod
 import numpy as np
 from scipy.ndimage import uniform_filter
 
-from keraslens.attr.masking import per_position, perturbed_scores, position_shape
+from keraslens.attr.masking import perturbed_scores, position_shape, repeat_over_channels
 from keraslens.attr.method import AttributionMethod
 from keraslens.attr.scorer import Scorer
 from keraslens.attr.segments import grid_segments
@@ -48,7 +48,7 @@ class GridSensitivity(AttributionMethod):
         design = self._design(int(cells.max()) + 1).astype(np.float32)
         fill = 0.0 if self.perturbation == "inpainting" else _blurred(x, positions)
         scores = perturbed_scores(scorer, len(design), lambda a, b: design[a:b][:, cells], fill)
-        return per_position(self._indices(design, scores)[:, cells], x.shape[1:])
+        return repeat_over_channels(self._indices(design, scores)[:, cells], x.shape[1:])
 
     @abstractmethod
     def _design(self, cells: int) -> np.ndarray:
