@@ -10,7 +10,7 @@ import keras
 import pytest
 from sklearn.datasets import load_digits
 
-import keraslens.plugins as registry
+from keraslens import registry
 from keraslens.callback import LensCallback
 from keraslens.errors import KeraslensError
 from keraslens.plugin import Option, Plugin, PluginResult

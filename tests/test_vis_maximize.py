@@ -168,9 +168,8 @@ def test_the_output_option_explains_only_the_named_output():
 
 
 def test_the_default_layer_is_the_heatmaps_default_and_the_steps_are_reported():
-    from plugins.activation_maximization import FULL_STEPS
-
     from keraslens.vis.layers import last_spatial_layer
+    from plugins.activation_maximization import FULL_STEPS
 
     model = _two_output_model()
     x = np.random.default_rng(0).random((16, 8, 8, 1), dtype=np.float32)
