@@ -211,14 +211,19 @@ def _head_grid(shown: dict[str, np.ndarray], index: int) -> Figure:
             ax.set_xticks([])
             ax.set_yticks([])
             if head < shown[key].shape[0]:
-                ax.imshow(shown[key][head], cmap="magma", vmin=0.0, interpolation="nearest")
+                # At least twice the uniform mass: a uniform head is drawn dim, not bright.
+                vmax = max(float(shown[key][head].max()), 2.0 / shown[key].shape[-1])
+                ax.imshow(
+                    shown[key][head], cmap="magma", vmin=0.0, vmax=vmax, interpolation="nearest"
+                )
             else:
                 ax.axis("off")
             if row == 0:
                 ax.set_title(f"head {head}", fontsize="small")
         axes[row][0].set_ylabel(key, fontsize="small", rotation=0, ha="right", va="center")
     notes = [
-        f"Attention probabilities of sample {index}: rows are queries, columns are keys.",
+        f"Attention probabilities of sample {index}: rows are queries, columns are keys; "
+        "colours from 0 to each head's largest probability (at least twice uniform).",
         _common.capped_caption(len(keys), len(shown), "attention calls"),
         _common.capped_caption(columns, max(p.shape[0] for p in shown.values()), "heads"),
     ]
