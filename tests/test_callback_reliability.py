@@ -246,3 +246,18 @@ def test_a_plugin_figure_joins_the_history_with_its_threshold_option(digits, tmp
     assert ("h1", "peak", 0) in [(a["layer"], a["metric"], a["epoch"]) for a in callback.alerts]
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["training"]["history"][-1]["peak"] == pytest.approx(callback.history[-1]["peak"])
+
+
+def test_a_callback_refit_after_an_interrupted_fit_keeps_writing_its_log(digits, tmp_path):
+    callback = LensCallback(
+        digits[0][:PROBE], plugins=["dead-neurons"], out_dir=tmp_path, report=None
+    )
+
+    def interrupt(epoch, logs):
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        fit(mlp(), digits, [callback, keras.callbacks.LambdaCallback(on_epoch_end=interrupt)])
+    history, messages = fit_warnings(mlp(), digits, [callback])
+    assert history.epoch == [0, 1] and messages == []
+    assert [e["epoch"] for e in logged(tmp_path) if e.get("layer") == "h1"] == [0, 1, 2]

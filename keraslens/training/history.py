@@ -142,11 +142,14 @@ class HistoryFile:
             if not _lock(file, shared=True):
                 raise KeraslensError(
                     f"{self.path} is being written by another LensCallback; give each callback "
-                    "its own out_dir."
+                    "its own out_dir (a fit interrupted before its end keeps its callback's lock "
+                    "until that callback is deleted)."
                 )
 
     def open(self) -> bool:
         """Create the folder, open the log and lock it; False, after one warning, if not."""
+        if self._file is not None:  # still open after a fit that was interrupted
+            return True
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             file = self.path.open("ab")
