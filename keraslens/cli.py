@@ -26,6 +26,9 @@ from keraslens.errors import KeraslensError
 from keraslens.isolation import DEFAULT_TIME_LIMIT
 
 if TYPE_CHECKING:
+    import keras
+
+    from keraslens.io import LoadedData
     from keraslens.result import AnalysisResult
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -393,9 +396,9 @@ def _check_paths(
     config_path: str | None,
     imports: tuple[str, ...],
     **_: Any,
-) -> dict[str, Path]:
-    """The absolute output targets, after checking every input and output path; fixed
-    now, so that a plugin's `os.chdir` cannot move them."""
+) -> dict[str, paths.Output]:
+    """The outputs with their absolute targets, after checking every input and output
+    path; fixed now, so that a plugin's `os.chdir` cannot move them."""
     paths.existing(model_path, "Model")
     inputs = {
         "MODEL": [Path(model_path)],
@@ -431,7 +434,6 @@ def _run(
         **flags,
     )
     console.step("Loading TensorFlow ...")
-    from keraslens import io
     from keraslens.capture.distributed import capture_strategy, strategy_named
     from keraslens.runner import Analysis, prepare_runs
 
@@ -445,18 +447,16 @@ def _run(
     )
     if rules:
         gate.check_plugins(rules, [run.name for run in runs])
-    io.import_modules(imports)
-    console.step(f"Loading model {model_path} ...")
-    model = io.load_model(model_path, unsafe=unsafe)
-    console.step(f"Reading data {data_spec} ...")
-    loaded = io.load_data(data_spec, model, data_key=data_key, labels=labels, rescale=rescale)
-    non_finite = io.non_finite(model, loaded.inputs)
-    source = loaded.source
-    if non_finite and non_finite["values"]:
-        note = _non_finite_note(non_finite)
-        console.warn(f"{data_spec}: {note}.")
-        source = f"{source}; {note}"
-    console.detail(f"Loaded {model.name} and {loaded.source}.")
+    model, loaded, non_finite = _load(
+        console,
+        model_path,
+        data_spec,
+        unsafe,
+        imports,
+        data_key=data_key,
+        labels=labels,
+        rescale=rescale,
+    )
     with capture_strategy(distribution):
         analysis = Analysis.from_runs(
             model,
@@ -471,12 +471,38 @@ def _run(
             batch_size=settings.batch_size,
             samples=settings.samples,
             seed=settings.seed,
-            data_source=source,
+            data_source=loaded.source,
             progress=console.capture_progress,
             plugin_progress=console.plugin_progress,
         )
     result.meta["non_finite"] = non_finite
     return result
+
+
+def _load(
+    console: Console,
+    model_path: str,
+    data_spec: str,
+    unsafe: bool,
+    imports: tuple[str, ...],
+    **read: Any,
+) -> tuple[keras.Model, LoadedData, dict[str, Any] | None]:
+    """The model, its data (whose source names any NaN or Inf, also warned about) and
+    the count of non-finite values."""
+    from keraslens import io
+
+    io.import_modules(imports)
+    console.step(f"Loading model {model_path} ...")
+    model = io.load_model(model_path, unsafe=unsafe)
+    console.step(f"Reading data {data_spec} ...")
+    loaded = io.load_data(data_spec, model, **read)
+    console.detail(f"Loaded {model.name} and {loaded.source}.")
+    non_finite = io.non_finite(model, loaded.inputs)
+    if non_finite and non_finite["values"]:
+        note = _non_finite_note(non_finite)
+        console.warn(f"{data_spec}: {note}.")
+        loaded.source = f"{loaded.source}; {note}"
+    return model, loaded, non_finite
 
 
 def _data_inputs(spec: str) -> list[Path]:
@@ -499,7 +525,10 @@ def _non_finite_note(counts: dict[str, Any]) -> str:
 
 
 def _write(
-    console: Console, result: AnalysisResult, targets: dict[str, Path], full: bool = False
+    console: Console,
+    result: AnalysisResult,
+    targets: dict[str, paths.Output],
+    full: bool = False,
 ) -> None:
     """Write the HTML report and its JSON twin (`full`: with every per-unit array)
     together: both are rendered first, then both replace their files, or neither does."""
@@ -510,14 +539,14 @@ def _write(
     html, twin = targets.get("-o/--output"), targets.get("--json")
     files = {}
     if html is not None:
-        files[html] = render_html(result)
+        files[html.target] = render_html(result)
     if twin is not None:
-        files[twin] = result.to_json_text(full)
+        files[twin.target] = result.to_json_text(full)
     write_together(files)
     if html is not None:
-        console.say(f"Wrote {html}: {_summary(result.status, result.counts)}")
+        console.say(f"Wrote {html.given}: {_summary(result.status, result.counts)}")
     if twin is not None:
-        console.say(f"Wrote {twin}")
+        console.say(f"Wrote {twin.given}")
     for run in result.errors:
         console.say(f"Plugin {run.name} could not run: {run.error}")
 

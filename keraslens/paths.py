@@ -16,6 +16,7 @@ import stat
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 from keraslens.errors import KeraslensError
 
@@ -138,9 +139,16 @@ def output_target(option: str, path: str | os.PathLike) -> Path:
     return resolved / target.name
 
 
+class Output(NamedTuple):
+    """An output as the user named it, and the absolute file it is."""
+
+    given: str
+    target: Path
+
+
 def check_outputs(
     outputs: Mapping[str, str | None], inputs: Mapping[str, Iterable[Path]]
-) -> dict[str, Path]:
+) -> dict[str, Output]:
     """The absolute target of each given output, refusing any that would overwrite an input.
 
     Args:
@@ -148,22 +156,22 @@ def check_outputs(
         inputs: option -> the files and folders it reads.
 
     Returns:
-        option -> absolute target, for the given outputs only.
+        option -> the output and its absolute target, for the given outputs only.
     """
-    targets: dict[str, Path] = {}
+    targets: dict[str, Output] = {}
     for option, given in outputs.items():
         if given is None:
             continue
         target = output_target(option, given)
         for other, taken in targets.items():
-            if taken == target:
+            if taken.target == target:
                 raise KeraslensError(
                     f"{other} and {option} both name {given!r}: give each its own file."
                 )
         for source, paths in inputs.items():
             for path in paths:
                 _refuse_overwrite(option, given, target, source, path)
-        targets[option] = target
+        targets[option] = Output(given, target)
     return targets
 
 
