@@ -365,7 +365,16 @@ def _plugin_figures(runs: Iterable[PreparedRun]) -> tuple[dict[str, str], dict[s
     figures' default thresholds from the options those plugins name."""
     figures, thresholds = {}, {}
     for run in runs:
-        for metric, option in getattr(run.info.plugin, "training_metrics", {}).items():
+        declared = getattr(run.info.plugin, "training_metrics", {})
+        if not isinstance(declared, Mapping) or not all(
+            isinstance(metric, str) and (option is None or option in run.options)
+            for metric, option in declared.items()
+        ):
+            raise KeraslensError(
+                f"Plugin {run.name!r} declares training_metrics {declared!r}; expected a dict "
+                "of figure name -> one of its options (the threshold) or None."
+            )
+        for metric, option in declared.items():
             figures[metric] = run.name
             if option is not None:
                 thresholds[metric] = float(run.options[option])

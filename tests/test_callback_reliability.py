@@ -7,6 +7,7 @@ import os
 import warnings
 
 import keras
+import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
@@ -261,3 +262,18 @@ def test_a_callback_refit_after_an_interrupted_fit_keeps_writing_its_log(digits,
     history, messages = fit_warnings(mlp(), digits, [callback])
     assert history.epoch == [0, 1] and messages == []
     assert [e["epoch"] for e in logged(tmp_path) if e.get("layer") == "h1"] == [0, 1, 2]
+
+
+class BadFigures(Plugin):
+    name = "bad-figures"
+    title = "Bad figures"
+    training_metrics = {"peak": "no_such_option"}
+
+    def analyze(self, ctx):
+        return PluginResult()
+
+
+def test_a_plugin_naming_a_missing_threshold_option_is_refused_at_construction(installed):
+    installed(BadFigures)
+    with pytest.raises(KeraslensError, match="Plugin 'bad-figures' declares training_metrics"):
+        LensCallback(np.zeros((4, 64), "float32"), plugins=["bad-figures"])
