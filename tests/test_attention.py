@@ -346,3 +346,19 @@ def test_gradients_on_a_token_model_come_with_its_probabilities():
         probabilities["mha"], keraslens.attention(model, ids)["mha"], atol=1e-6
     )
     assert grads["mha"].shape == (3, HEADS, TOKENS, TOKENS) and np.abs(grads["mha"]).sum() > 0
+
+
+def test_unbatched_dataset_is_batched_like_arrays():
+    import tensorflow as tf
+
+    model, mha = _self_attention_model()
+    weights = _set_weights(mha)
+    x = _x(5)
+    got = keraslens.attention(model, tf.data.Dataset.from_tensor_slices(x), batch_size=2)
+    np.testing.assert_allclose(got["mha"], _oracle(weights, x, x), atol=1e-5)
+
+
+def test_input_of_the_wrong_shape_is_a_clear_error():
+    model, _ = _self_attention_model()
+    with pytest.raises(keraslens.KeraslensError, match="shape"):
+        keraslens.attention(model, np.zeros((2, TOKENS, FEATURES + 1), "float32"))

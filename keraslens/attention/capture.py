@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import keras
@@ -12,8 +12,9 @@ import tensorflow as tf
 
 from keraslens.attention.intercept import MHA, as_matrices, scoring
 from keraslens.attr.graph import score_graph
-from keraslens.attr.inputs import model_inputs
+from keraslens.attr.inputs import _input_rank, model_inputs
 from keraslens.capture.data import arrange_inputs, check_inputs, iterate_batches, to_input_tensors
+from keraslens.capture.recorder import running, traced
 from keraslens.capture.traversal import LayerSelector, select, walk
 from keraslens.errors import KeraslensError
 from keraslens.vis.targets import as_targets
@@ -73,8 +74,9 @@ class AttentionCapture:
         self.model = model
         self.layers = attention_layers(model, layers)
         self.keys: list[str] = []
-        self._step = tf.function(self._forward, reduce_retracing=True)
+        self._step = tf.function(self._probabilities, reduce_retracing=True)
         self._gradient_steps: dict[int, Any] = {}
+        self._summary_steps: dict[Callable, Any] = {}
 
     def __call__(self, x: Any, batch_size: int = 32) -> dict[str, np.ndarray]:
         """Probabilities of every sample of `x`: call-site key -> (N, heads, query, key).
@@ -87,19 +89,38 @@ class AttentionCapture:
                 parts.setdefault(key, []).append(value)
         return {key: np.concatenate(values) for key, values in parts.items()}
 
-    def batches(self, x: Any, batch_size: int = 32) -> Iterator[dict[str, np.ndarray]]:
-        """Probabilities batch by batch, for statistics that must not hold all of them."""
-        batches, _ = iterate_batches(x, batch_size)
+    def batches(
+        self, x: Any, batch_size: int = 32, summarize: Callable | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Probabilities batch by batch, for statistics that must not hold all of them.
+
+        Args:
+            x: the inputs, as for `__call__`.
+            batch_size: samples per compiled step.
+            summarize: None, or a function of one batch's probabilities tensor returning
+                a dict of tensors, run inside the compiled step (one trace per function);
+                then each batch yields key -> that dict as NumPy instead of the maps.
+        """
+        step = self._step if summarize is None else self._summary_step(summarize)
+        batches, _ = iterate_batches(x, batch_size, _input_rank(self.model))
         empty = True
         for batch in batches:
             batch = self._prepare(batch)
             if int(tf.nest.flatten(batch)[0].shape[0]) == 0:
                 continue
             empty = False
-            _, recorded = self._run(self._step, batch)
-            yield {key: value.numpy() for key, value in recorded.items()}
+            recorded = self._run(step, batch)
+            yield tf.nest.map_structure(lambda t: t.numpy(), recorded)
         if empty:
             raise KeraslensError("The data is empty: there are no samples to run.")
+
+    def _summary_step(self, summarize: Callable) -> Any:
+        if summarize not in self._summary_steps:
+            self._summary_steps[summarize] = tf.function(
+                lambda x: {key: summarize(p) for key, p in self._probabilities(x).items()},
+                reduce_retracing=True,
+            )
+        return self._summary_steps[summarize]
 
     def gradients(
         self, x: Any, targets: Any = None, output: int | str | None = None
@@ -147,15 +168,8 @@ class AttentionCapture:
         return batch
 
     def _run(self, step, *args):
-        try:
-            return step(*args)
-        except KeraslensError:
-            raise
-        except Exception as error:  # autograph wraps errors raised while tracing
-            cause = error.__cause__ or error.__context__
-            if isinstance(cause, KeraslensError):
-                raise cause from None
-            raise
+        with running(self.model, args[0]):
+            return traced(lambda: step(*args))
 
     def _record(self, x: Any, model: keras.Model | None = None) -> tuple[Any, list]:
         """Run `model` (default: the model) on `x`: outputs, `(key, layer, probabilities)`."""
@@ -177,9 +191,9 @@ class AttentionCapture:
         self.keys = [key for key, _, _ in keyed]
         return outputs, keyed
 
-    def _forward(self, x: Any) -> tuple[Any, dict[str, tf.Tensor]]:
-        outputs, keyed = self._record(x)
-        return outputs, {key: as_matrices(layer, p) for key, layer, p in keyed}
+    def _probabilities(self, x: Any) -> dict[str, tf.Tensor]:
+        _, keyed = self._record(x)
+        return {key: as_matrices(layer, p) for key, layer, p in keyed}
 
     def _forward_gradients(self, model: keras.Model, feeds: list, targets: tf.Tensor):
         with tf.GradientTape() as tape:

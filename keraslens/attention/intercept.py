@@ -20,6 +20,7 @@ import contextlib
 from collections.abc import Iterator, Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -128,4 +129,10 @@ def as_matrices(layer: MHA, probabilities: tf.Tensor) -> tf.Tensor:
     queries = tf.reduce_prod(shape[2 : 2 + axes])
     keys = tf.reduce_prod(shape[2 + axes :])
     matrices = tf.reshape(probabilities, tf.stack([shape[0], shape[1], queries, keys]))
-    return tf.cast(matrices, tf.float32)
+    static = probabilities.shape.as_list()
+    known = [_product(static[2 : 2 + axes]), _product(static[2 + axes :])]
+    return tf.cast(tf.ensure_shape(matrices, static[:2] + known), tf.float32)
+
+
+def _product(dims: list) -> int | None:
+    return None if None in dims else int(np.prod(dims))

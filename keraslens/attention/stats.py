@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 
 from keraslens.errors import KeraslensError
 
@@ -57,13 +58,23 @@ class HeadStats:
 
     def update(self, probabilities: np.ndarray) -> HeadStats:
         """Add a batch of maps shaped (batch, heads, query, key); returns self."""
-        p = np.asarray(probabilities, dtype=np.float64)
-        if p.ndim != 4 or p.shape[0] == 0:
+        shape = np.shape(probabilities)
+        if len(shape) != 4 or shape[0] == 0:
             raise KeraslensError(
                 f"HeadStats.update takes probabilities shaped (batch, heads, query, key), "
-                f"got shape {p.shape}."
+                f"got shape {shape}."
             )
-        return self.merge(_batch_sums(p))
+        sums = batch_sums(tf.constant(probabilities, tf.float64))
+        return self.merge(HeadStats.from_sums({k: v.numpy() for k, v in sums.items()}))
+
+    @classmethod
+    def from_sums(cls, sums: dict[str, np.ndarray]) -> HeadStats:
+        """The statistics of one batch from its `batch_sums` (as NumPy arrays)."""
+        return cls(
+            **{name: np.asarray(sums[name]) for name in _SUMS},
+            samples=int(sums["samples"]),
+            map_shape=tuple(int(d) for d in sums["map_shape"]),
+        )
 
     def merge(self, other: HeadStats) -> HeadStats:
         """Add the sums of `other` (another part of the data) into these; returns self."""
@@ -77,7 +88,8 @@ class HeadStats:
         if self.map_shape != other.map_shape:
             raise KeraslensError(
                 f"Cannot merge head statistics of maps shaped {other.map_shape} into "
-                f"ones shaped {self.map_shape}; merge statistics of the same layer."
+                f"ones shaped {self.map_shape}: merge statistics of one layer, on inputs "
+                "of one sequence length (pad the data to one length)."
             )
         for name in _SUMS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
@@ -165,32 +177,63 @@ _SUMS = (
 )
 
 
-def _batch_sums(p: np.ndarray) -> HeadStats:
-    live = p.sum(axis=-1) > _LIVE_ROW  # (batch, heads, query)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        entropy = -np.where(p > 0, p * np.log(p), 0.0).sum(axis=-1)
-    allowed = (p > 0).sum(axis=-1)
+def batch_sums(probabilities: tf.Tensor) -> dict[str, tf.Tensor]:
+    """The sums `HeadStats` keeps, of one batch of maps (batch, heads, query, key).
+
+    TensorFlow ops, so that `head_statistics` runs them inside the compiled capture step
+    and only the sums leave it; `HeadStats.update` runs them eagerly. float64 throughout.
+    """
+    p = tf.cast(probabilities, tf.float64)
+    live = tf.reduce_sum(p, axis=-1) > _LIVE_ROW  # (batch, heads, query)
+    entropy = -tf.reduce_sum(tf.math.xlogy(p, p), axis=-1)
+    allowed = tf.reduce_sum(tf.cast(p > 0, tf.float64), axis=-1)
     choosing = live & (allowed > 1)
-    uniformity = np.divide(
-        entropy, np.log(np.maximum(allowed, 1)), out=np.zeros_like(entropy), where=choosing
-    )
-    diagonal_length = min(p.shape[2], p.shape[3])
-    diagonal = np.diagonal(p, axis1=2, axis2=3)  # (batch, heads, min(query, key))
-    diagonal_live = live[:, :, :diagonal_length]
+    uniformity = tf.math.divide_no_nan(entropy, tf.math.log(tf.maximum(allowed, 1.0)))
+    diagonal = tf.linalg.diag_part(p)  # (batch, heads, min(query, key))
+    diagonal_live = live[:, :, : diagonal.shape[-1]]
     pooled = _pooled(p)
-    return HeadStats(
-        rows=live.sum(axis=(0, 2)).astype(np.float64),
-        entropy_sum=(entropy * live).sum(axis=(0, 2)),
-        uniformity_sum=(uniformity * choosing).sum(axis=(0, 2)),
-        uniformity_rows=choosing.sum(axis=(0, 2)).astype(np.float64),
-        sink_sum=(p[..., 0] * live).sum(axis=(0, 2)),
-        diagonal_sum=(diagonal * diagonal_live).sum(axis=(0, 2)),
-        diagonal_rows=diagonal_live.sum(axis=(0, 2)).astype(np.float64),
-        samples=p.shape[0],
-        map_shape=p.shape[1:],
-        map_sum=pooled.sum(axis=0),
-        map_square_sum=(pooled**2).sum(axis=0),
-    )
+
+    def total(values, where):
+        return tf.reduce_sum(tf.where(where, values, tf.zeros_like(values)), axis=(0, 2))
+
+    return {
+        "rows": total(tf.ones_like(entropy), live),
+        "entropy_sum": total(entropy, live),
+        "uniformity_sum": total(uniformity, choosing),
+        "uniformity_rows": total(tf.ones_like(entropy), choosing),
+        "sink_sum": total(p[..., 0], live),
+        "diagonal_sum": total(diagonal, diagonal_live),
+        "diagonal_rows": total(tf.ones_like(diagonal), diagonal_live),
+        "map_sum": tf.reduce_sum(pooled, axis=0),
+        "map_square_sum": tf.reduce_sum(tf.square(pooled), axis=0),
+        "samples": tf.shape(p)[0],
+        "map_shape": tf.shape(p)[1:],
+    }
+
+
+def _pooled(p: tf.Tensor) -> tf.Tensor:
+    """`p` on at most POOLED_CELLS x POOLED_CELLS blocks: query blocks averaged, key blocks
+    summed (a block's mass), so a block of k keys weighs as k keys do in `variability`.
+    Position i of n falls in block `i * POOLED_CELLS // n`."""
+    for axis, equation, average in ((3, "bhqs,sk->bhqk", False), (2, "bhqk,qc->bhck", True)):
+        size = p.shape[axis]
+        if size is None:  # a trace for every sequence length: decided when it runs
+            p = tf.cond(
+                tf.shape(p)[axis] > POOLED_CELLS,
+                lambda p=p, a=axis, e=equation, m=average: _pool_axis(p, a, e, m),
+                lambda p=p: p,
+            )
+        elif size > POOLED_CELLS:
+            p = _pool_axis(p, axis, equation, average)
+    return p
+
+
+def _pool_axis(p: tf.Tensor, axis: int, equation: str, average: bool) -> tf.Tensor:
+    size = tf.shape(p)[axis]
+    blocks = tf.one_hot(tf.range(size) * POOLED_CELLS // size, POOLED_CELLS, dtype=p.dtype)
+    if average:
+        blocks = tf.math.divide_no_nan(blocks, tf.reduce_sum(blocks, axis=0))
+    return tf.einsum(equation, p, blocks)
 
 
 def head_statistics(
@@ -201,9 +244,12 @@ def head_statistics(
 ) -> dict[str, HeadStats]:
     """`HeadStats` of every attention call of `model` over `x`, streamed batch by batch.
 
+    The statistics of each batch are computed inside the compiled capture step, so only
+    their sums leave it: memory is independent of the number of samples.
+
     Args:
         model: a Keras model with `MultiHeadAttention` layers.
-        x: its inputs (arrays or a `tf.data.Dataset`); only one batch of maps is held.
+        x: its inputs (arrays or a `tf.data.Dataset`).
         layers: which attention layers (None: all).
         batch_size: samples per compiled step.
 
@@ -217,22 +263,7 @@ def head_statistics(
     from keraslens.attention.capture import capture_for
 
     stats: dict[str, HeadStats] = {}
-    for batch in capture_for(model, layers).batches(x, batch_size):
-        for key, probabilities in batch.items():
-            stats.setdefault(key, HeadStats()).update(probabilities)
+    for batch in capture_for(model, layers).batches(x, batch_size, batch_sums):
+        for key, sums in batch.items():
+            stats.setdefault(key, HeadStats()).merge(HeadStats.from_sums(sums))
     return stats
-
-
-def _pooled(p: np.ndarray) -> np.ndarray:
-    """`p` on at most POOLED_CELLS x POOLED_CELLS blocks: query blocks averaged, key blocks
-    summed (a block's mass), so a block of k keys weighs as k keys do in `variability`."""
-    for axis, reduce_mean in ((2, True), (3, False)):
-        size = p.shape[axis]
-        if size <= POOLED_CELLS:
-            continue
-        starts = np.linspace(0, size, POOLED_CELLS + 1).astype(int)[:-1]
-        p = np.add.reduceat(p, starts, axis=axis)
-        if reduce_mean:
-            counts = np.diff(np.append(starts, size))
-            p = p / counts[:, None]
-    return p
