@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from keraslens.capture import reduce
-from keraslens.capture.stats import HIST_BINS, STAT_NAMES, STATISTICS, Sums
+from keraslens.capture.stats import HIST_BINS, STATISTICS, Sums
 
 BOUNDS = (-0.5, 0.5)
 
@@ -85,7 +85,7 @@ def assert_summary(values, bounds=BOUNDS, histogram_samples=None, shift=None):
     tiny = np.finfo(np.float32).tiny * len(flat)
     for row, bound in ((1, centred.sum(0)), (2, (centred**2).sum(0))):
         error = np.abs(moments[row] - expected[row])
-        assert (error <= 1e-5 * bound + tiny).all(), (STAT_NAMES[row], error, bound)
+        assert (error <= 1e-5 * bound + tiny).all(), (STATISTICS[row].name, error, bound)
     sampled = values if histogram_samples is None else values[:histogram_samples]
     np.testing.assert_array_equal(hist, numpy_hist(sampled))
 

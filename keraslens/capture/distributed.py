@@ -21,6 +21,9 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+# PerReplicaSpec has no public name; it is how a step is traced once for every batch size.
+from tensorflow.python.distribute import values as values_lib
+
 from keraslens.capture import reduce
 from keraslens.capture.data import (
     arrange_inputs,
@@ -112,38 +115,87 @@ class DistributedCapture:
         run = strategy.run
         self._first_step = tf.function(lambda b: run(lambda x: self._replica_step(x, True), (b,)))
         self._step = tf.function(lambda b: run(lambda x: self._replica_step(x, False), (b,)))
-        self._partials = tf.function(lambda: run(self._replica_partials))
+        self._merged = tf.function(lambda: run(self._replica_merged))
         self._reset = tf.function(lambda: run(self._replica_reset))
 
     def capture(
         self, data: Any, batch_size: int, progress: Callable[[int, int | None], None] | None
     ) -> dict[str, LayerStats]:
         """Statistics of `data` per call site, equal to a single-device `Lens.capture`."""
-        dataset, total = self._distribute(data, batch_size)
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise KeraslensError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        own_pipeline = callable(data) and not isinstance(data, tf.data.Dataset)
+        if own_pipeline or self.strategy.extended._in_multi_worker_mode():
+            batches, total, spec = self._distribute(data, batch_size)
+        else:
+            batches, total, spec = self._split(data, batch_size)
         # One trace for every batch size: the last, partial batches included.
         for step in (self._first_step, self._step):
-            step.get_concrete_function(dataset.element_spec)
+            step.get_concrete_function(spec)
         self._reset()
         done = 0
-        for index, batch in enumerate(dataset):
+        for index, (batch, size) in enumerate(batches):
             (self._step if index else self._first_step)(batch)
-            local = self.strategy.experimental_local_results(tf.nest.flatten(batch)[0])
-            done += sum(int(t.shape[0]) for t in local)
+            done += size
             if progress is not None:
                 progress(done, total)
         return self._merge()
 
     # Data -------------------------------------------------------------------------------
 
+    def _split(self, data: Any, batch_size: int):
+        """One worker's batches, each split into one part per replica by this process.
+
+        Steps take `batch_size / replicas` samples (rounded up) per replica; the last
+        step gives the replicas past the end an empty part. No `tf.data` iterator is made
+        across devices: creating one costs about a second per capture.
+
+        Returns the batches (with their sizes), the sample count if known, and the spec
+        of a batch.
+        """
+        replicas = self.strategy.num_replicas_in_sync
+        per_replica = -(-batch_size // replicas)
+        if isinstance(data, tf.data.Dataset):
+            elements, total = _sample_dataset(data, self.recorder.input_rank())
+            first = next(iter(elements.batch(1)), None)
+            source = iter(without_autotune(elements.batch(per_replica * replicas)))
+        else:
+            structure, total = _arrays_of(data)
+            first = tf.nest.map_structure(lambda a: a[:1], structure) if total else None
+            step = per_replica * replicas
+            source = (
+                tf.nest.map_structure(lambda a, s=start: a[s : s + step], structure)
+                for start in range(0, total, step)
+            )
+        if first is None:
+            raise KeraslensError("The data is empty: there are no samples to capture.")
+        self._prepare(first)
+
+        def parts(batch: Any) -> tuple[Any, int]:
+            def part(context: tf.distribute.experimental.ValueContext) -> Any:
+                start = context.replica_id_in_sync_group * per_replica
+                piece = slice(start, start + per_replica)
+                return tf.nest.map_structure(lambda a: tf.convert_to_tensor(a[piece]), batch)
+
+            split = self.strategy.experimental_distribute_values_from_function(part)
+            return split, sample_count(batch)
+
+        def open_spec(value: Any) -> values_lib.PerReplicaSpec:
+            one = tf.TensorSpec([None, *value.shape[1:]], tf.convert_to_tensor(value).dtype)
+            return values_lib.PerReplicaSpec(*[one] * replicas)
+
+        return (parts(batch) for batch in source), total, tf.nest.map_structure(open_spec, first)
+
     def _distribute(self, data: Any, batch_size: int):
-        """The distributed dataset of model inputs, and the sample count when it is known.
+        """A distributed dataset of model inputs, for several workers or a callable `data`.
 
         Samples are batched `batch_size / replicas` per replica, and each input pipeline
         (one per worker) keeps every k-th of these batches. A callable `data` is used as is:
         `data(input_context)` returns that worker's per-replica batched dataset.
+
+        Returns the batches (with their sizes on this worker), the sample count if known,
+        and the spec of a batch.
         """
-        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise KeraslensError(f"batch_size must be a positive integer, got {batch_size!r}.")
         total = None
         if callable(data) and not isinstance(data, tf.data.Dataset):
             make = data
@@ -166,7 +218,12 @@ class DistributedCapture:
         dataset = self.strategy.distribute_datasets_from_function(
             lambda context: without_autotune(make(context).map(x_of))
         )
-        return dataset, total
+        local = self.strategy.experimental_local_results
+
+        def sized(batch: Any) -> tuple[Any, int]:
+            return batch, sum(int(t.shape[0]) for t in local(tf.nest.flatten(batch)[0]))
+
+        return (sized(batch) for batch in dataset), total, dataset.element_spec
 
     def _prepare(self, batch: Any) -> None:
         """Build the model, find the call sites and create their accumulators (once)."""
@@ -247,6 +304,17 @@ class DistributedCapture:
             shifts.append(state.shift.read_value())
         return tf.concat(sums, 0), tf.concat(extremes, 0)[None], tf.concat(shifts, 0)
 
+    def _replica_merged(self) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Every replica's sums all-reduced, extremes all-gathered, and this one's shifts.
+
+        Both exchanges run inside one compiled call: done eagerly from the host, as
+        `strategy.reduce` and `strategy.gather` do, they cost seconds per capture.
+        """
+        sums, extremes, shifts = self._replica_partials()
+        context = tf.distribute.get_replica_context()
+        total = context.all_reduce(tf.distribute.ReduceOp.SUM, sums)
+        return total, context.all_gather(extremes, axis=0), shifts
+
     def _replica_reset(self) -> None:
         for state in self._state.values():
             state.rows.assign(empty_rows(state.rows.shape[1]))
@@ -257,20 +325,17 @@ class DistributedCapture:
 
     def _merge(self) -> dict[str, LayerStats]:
         """All-reduce the sums, gather the extremes, and turn them into `LayerStats`."""
-        sums, extremes, shifts = self._partials()
-        local_sums = self.strategy.experimental_local_results(sums)[0]
-        local_extremes = self.strategy.experimental_local_results(extremes)[0]
+        local = self.strategy.experimental_local_results
+        total, gathered, shifts = (local(value)[0].numpy() for value in self._merged())
+        highest = gathered.max(axis=0)
         units = [site.units for site in self._sites]
-        self.exchanged_bytes = (
-            2 * sum(units) * 4 + local_sums.numpy().nbytes + local_extremes.numpy().nbytes
-        )
-        total = self.strategy.reduce(tf.distribute.ReduceOp.SUM, sums, axis=None).numpy()
-        highest = self.strategy.gather(extremes, axis=0).numpy().max(axis=0)
-        shift = self.strategy.experimental_local_results(shifts)[0].numpy()
+        # Per replica: the shift agreement (a float32 count and sum per unit), then its sums
+        # and its extremes (float64).
+        self.exchanged_bytes = 2 * sum(units) * 4 + total.nbytes + gathered[0].nbytes
         added, lowest, highest_rows = len(ADDED_ROWS), list(MIN_ROWS), list(MAX_ROWS)
         summed = _pieces(total, [n for u in units for n in (added * u, HIST_BINS, 1)])
         extreme = _pieces(highest, [(len(lowest) + len(highest_rows)) * u for u in units])
-        shifts_by_site = _pieces(shift, units)
+        shifts_by_site = _pieces(shifts, units)
         stats = {}
         for site in self._sites:
             rows = np.empty((len(STATISTICS), site.units))
@@ -299,13 +364,19 @@ def _sample_dataset(data: Any, input_rank: int | None) -> tuple[tf.data.Dataset,
         if input_rank is None or spec.shape.rank != input_rank - 1:
             data = data.unbatch()
         return data, None
+    structure, total = _arrays_of(data)
+    return tf.data.Dataset.from_tensor_slices(structure), total
+
+
+def _arrays_of(data: Any) -> tuple[Any, int]:
+    """`data` as an array or a structure of arrays, and its sample count."""
     if not isinstance(data, (np.ndarray, tuple, list, dict)) and not tf.is_tensor(data):
         raise KeraslensError(
             f"Distributed capture reads arrays and tf.data datasets, got {type(data).__name__}; "
             "wrap it in a tf.data.Dataset (e.g. Dataset.from_generator)."
         )
     structure = as_arrays(data)
-    return tf.data.Dataset.from_tensor_slices(structure), sample_count(structure)
+    return structure, sample_count(structure)
 
 
 def _accumulators(units: int) -> _Accumulators:

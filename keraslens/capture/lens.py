@@ -117,7 +117,7 @@ class Lens:
             return self._distributed(strategy).capture(data, batch_size, progress)
         recorder = self.recorder
         batches, total = iterate_batches(data, batch_size, recorder.input_rank())
-        sums: dict[str, Sums] = {}
+        total_sums: Sums | None = None
         sites: list[CallSite] = []
         done = 0
         for batch in batches:
@@ -125,19 +125,18 @@ class Lens:
             size = int(tf.nest.flatten(batch)[0].shape[0])
             if size == 0:  # nothing to add, and oneDNN's fused convolutions fail on it
                 continue
-            sites, outputs = recorder.summaries(batch)
-            for site in sites:
-                part = Sums(*(t.numpy() for t in outputs[site.key]))
-                sums[site.key] = sums[site.key].add(part) if site.key in sums else part
+            batch_sites, part = recorder.batch_sums(batch)
+            if total_sums is None:
+                sites, total_sums = batch_sites, part
+            else:
+                _check_same_units(sites, batch_sites)
+                total_sums = total_sums.add(part)
             done += size
             if progress is not None:
                 progress(done, total)
-        if done == 0:
+        if total_sums is None:
             raise KeraslensError("The data is empty: there are no samples to capture.")
-        return {
-            site.key: LayerStats.from_sums(sums[site.key], done, **site.describe(self.epsilon))
-            for site in sites
-        }
+        return _per_site(total_sums, sites, done, self.epsilon)
 
     def _distributed(self, strategy: tf.distribute.Strategy) -> distributed.DistributedCapture:
         if self._distributed_capture is None or self._distributed_capture.strategy is not strategy:
@@ -159,3 +158,24 @@ class Lens:
             raise KeraslensError("The data is empty: there are no samples to record.")
         recorded = recorder.activations(recorder.prepare(batch))
         return {key: value.numpy() for key, value in recorded.items()}
+
+
+def _check_same_units(sites: list[CallSite], others: list[CallSite]) -> None:
+    if [s.units for s in sites] != [s.units for s in others]:
+        raise KeraslensError(
+            "The layers' numbers of units changed between batches of one capture: give "
+            "every batch the same input shape (batch size aside)."
+        )
+
+
+def _per_site(
+    sums: Sums, sites: list[CallSite], samples: int, epsilon: float
+) -> dict[str, LayerStats]:
+    """The `LayerStats` of each call site from the sums of all of them side by side."""
+    ends = np.cumsum([site.units for site in sites])
+    stats = {}
+    for index, (site, end) in enumerate(zip(sites, ends, strict=True)):
+        units = slice(end - site.units, end)
+        part = Sums(sums.rows[:, units], sums.shift[units], sums.hist[index])
+        stats[site.key] = LayerStats.from_sums(part, samples, **site.describe(epsilon))
+    return stats

@@ -22,6 +22,7 @@ from keraslens.capture import reduce
 from keraslens.capture.activations import identify_output
 from keraslens.capture.data import arrange_inputs, check_inputs, to_input_tensors
 from keraslens.capture.intercept import has_units, record_calls
+from keraslens.capture.stats import Sums
 from keraslens.errors import KeraslensError
 
 
@@ -49,8 +50,6 @@ class CallSite:
             "units": self.units,
         }
 
-
-Summaries = dict[str, tuple[tf.Tensor, tf.Tensor, tf.Tensor]]
 
 _RECORDERS: weakref.WeakKeyDictionary[keras.layers.Layer, dict[tuple, Recorder]] = (
     weakref.WeakKeyDictionary()
@@ -151,11 +150,17 @@ class Recorder:
         self.sites = self._sites_by_spec[signature]
         return self.sites
 
-    def summaries(self, batch: Any) -> tuple[list[CallSite], Summaries]:
-        """The call sites and their kernel outputs (rows, shift, histogram) on `batch`."""
+    def batch_sums(self, batch: Any) -> tuple[list[CallSite], Sums]:
+        """The call sites and the kernel's outputs for all of them on `batch`.
+
+        The sites' rows and shifts are side by side along the units axis, in site order,
+        and their histograms one per row: one `Sums` for the whole model, so merging a
+        batch is a few NumPy operations, not a few per layer.
+        """
         sites = self.trace(batch)
         with running(self.model, batch):
-            return sites, traced(lambda: self._stats_step(batch))
+            rows, shift, hist = traced(lambda: self._stats_step(batch))
+        return sites, Sums(rows.numpy(), shift.numpy(), hist.numpy())
 
     def activations(self, batch: Any) -> dict[str, tf.Tensor]:
         """The raw outputs of every call site on `batch`."""
@@ -204,10 +209,11 @@ class Recorder:
         bounds = self.widened(identify_output(layer, tensor)[1])
         return reduce.batch_summary(by_unit(tensor), bounds, self.histogram_samples)
 
-    def _forward_stats(self, x: Any) -> Summaries:
+    def _forward_stats(self, x: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         recorded = self.record(x, summarize=True)
         self._traced_sites = [site for site, _, _ in recorded.values()]
-        return {key: summary for key, (_, _, summary) in recorded.items()}
+        rows, shifts, hists = zip(*(summary for _, _, summary in recorded.values()), strict=True)
+        return tf.concat(rows, 1), tf.concat(shifts, 0), tf.stack(hists)
 
     def _forward_activations(self, x: Any) -> dict[str, tf.Tensor]:
         return {key: tensor for key, (_, tensor, _) in self.record(x).items()}

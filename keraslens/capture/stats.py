@@ -60,7 +60,6 @@ STATISTICS: tuple[Statistic, ...] = (
 )
 """The kernel's rows, in its order (`_kernel.ROWS`)."""
 
-STAT_NAMES = tuple(s.name for s in STATISTICS)
 ROW = {s.name: i for i, s in enumerate(STATISTICS)}
 """The index of each row, by name."""
 
@@ -85,7 +84,7 @@ def empty_rows(units: int) -> np.ndarray:
     return rows
 
 
-def combine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _combine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Rows of two parts that share one shift, merged row by row."""
     merged = a + b
     merged[list(MIN_ROWS)] = np.minimum(a[list(MIN_ROWS)], b[list(MIN_ROWS)])
@@ -116,7 +115,7 @@ class Sums(NamedTuple):
         with np.errstate(invalid="ignore", divide="ignore"):
             total = _total(self) + _total(other)
             shift = np.where(n > 0, total / np.maximum(n, 1), self.shift)
-        rows = combine_rows(_moved(self, shift), _moved(other, shift))
+        rows = _combine_rows(_moved(self, shift), _moved(other, shift))
         return Sums(rows, shift, self.hist + other.hist)
 
 
