@@ -67,8 +67,9 @@ def per_step(steps: int) -> None:
     """Milliseconds per step, keraslens against tf-keras-vis, 10 classes in one batch."""
     from tf_keras_vis.activation_maximization import ActivationMaximization
     from tf_keras_vis.activation_maximization.regularizers import Norm, TotalVariation2D
-    from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
     from tf_keras_vis.utils.scores import CategoricalScore
+
+    from keraslens.vis.maximize import unit_model
 
     model, _ = digits_cnn()
     classes = list(range(10))
@@ -76,7 +77,9 @@ def per_step(steps: int) -> None:
     started = time.perf_counter()
     keraslens.maximize(model, None, classes, steps=steps)
     ours = (time.perf_counter() - started) / steps * 1e3
-    visualizer = ActivationMaximization(model, model_modifier=ReplaceToLinear(), clone=True)
+    # Both sides ascend the same pre-softmax scores (tf-keras-vis's ReplaceToLinear needs
+    # `output_names`, which a Keras 3 Sequential lacks).
+    visualizer = ActivationMaximization(unit_model(model, None, (32, 32, 1)), clone=False)
     seed = np.random.default_rng(0).uniform(0, 1, (10, 32, 32, 1)).astype(np.float32)
     arguments = dict(
         seed_input=seed,
