@@ -268,7 +268,8 @@ def _batchnorm(ctx: AnalysisContext, ratio_limit: float, shift_limit: float) -> 
 
 def _batchnorm_units(layer, stats) -> tuple[np.ndarray, np.ndarray] | None:
     axis = np.atleast_1d(layer.axis)
-    if len(axis) != 1 or int(axis[0]) not in (-1, len(stats.shape) - 1):
+    # `stats.shape` has no batch axis: channels-last is axis -1, or len(shape) counted with it.
+    if len(axis) != 1 or int(axis[0]) not in (-1, len(stats.shape)):
         return None
     gamma = np.asarray(layer.gamma, np.float64) if layer.scale else 1.0
     beta = np.asarray(layer.beta, np.float64) if layer.center else 0.0
