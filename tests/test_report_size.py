@@ -10,16 +10,15 @@ import re
 import keras
 import numpy as np
 import pytest
-from keraslens_plugins.activation_stats import ActivationStats
-from keraslens_plugins.dead_neurons import DeadNeurons
-from keraslens_plugins.saturation import Saturation
 from test_report_fixtures import install_plugins
 
 import keraslens
-from keraslens import runner
 from keraslens.plugin import Finding, Plugin, PluginResult, Table
 from keraslens.report import render_html, view
 from keraslens.result import FULL_UNITS
+from plugins.activation_stats import ActivationStats
+from plugins.dead_neurons import DeadNeurons
+from plugins.saturation import Saturation
 
 
 class Flags(Plugin):
@@ -150,10 +149,9 @@ def test_a_500_layer_report_is_at_most_3_mb_of_html_and_5_mb_of_json(monkeypatch
         for key, s in captured.items()
     }
     install_plugins(monkeypatch, ActivationStats, DeadNeurons, Saturation, Flags)
-    runs = runner.prepare_runs(None, [], {}, False)
-    plugins = runner.run_plugins(runs, model=model, lens=None, stats=stats, sample=x, labels=None)
-    meta = runner.run_meta(model, None, len(x), None, 0, 256, None, False, runs)
-    result = keraslens.AnalysisResult(meta=meta, plugins=plugins, stats=stats)
+    analysis = keraslens.Analysis(model)
+    monkeypatch.setattr(analysis.lens, "capture", lambda *args, **kwargs: stats)
+    result = analysis.run(x)
     assert len(result.stats) == 500 and result.findings and not result.errors
     html = result.to_html(tmp_path / "r.html").stat().st_size
     twin = result.to_json(tmp_path / "r.json").stat().st_size
