@@ -114,7 +114,7 @@ def fit_with_callback(case: dict, x, strategy: tf.distribute.Strategy):
         # Keras needs full batches that divide across replicas; the probe data need not.
         model.fit(x, y, epochs=1, batch_size=6, callbacks=[callback], verbose=0)
     model.save(folder / f"trained-{task}.keras")
-    return callback._lens, callback.result.stats
+    return callback._analysis.lens, callback.result.stats
 
 
 def main() -> None:
