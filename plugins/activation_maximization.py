@@ -247,7 +247,7 @@ def _maximize_layer(ctx, x, name, layer, output, units, settings) -> tuple[dict[
             f"of the {len(x)} of the data sample, that activates it most."
         ),
         layer=layer,
-        dpi=72,
+        dpi=64,
     )
     return report, figure
 

@@ -167,15 +167,22 @@ def _non_finite_finding(key: str, stats: LayerStats, entry: dict[str, Any]) -> F
     )
 
 
+LAYER_FIGURES = 6
+"""Per-layer figures drawn: the layers with the most non-finite, then the most zero outputs."""
+
+
 def _figures(stats: dict[str, LayerStats], layers: dict[str, dict[str, Any]]) -> list:
-    keys = list(layers)
     figures = [_overview_figure(layers)]
-    for key in keys[: _common.MAX_LAYER_FIGURES]:
-        figures.append(_layer_figure(stats[key], layers[key]))
-    if len(keys) > _common.MAX_LAYER_FIGURES:
+    scores = {
+        key: entry["nan_count"] + entry["inf_count"] + entry["sparsity"]
+        for key, entry in layers.items()
+    }
+    shown = _common.top_layers(scores, LAYER_FIGURES)
+    figures += [_layer_figure(stats[key], layers[key]) for key in shown]
+    if len(layers) > len(shown):
         figures[0].caption += (
-            f" Per-layer figures are drawn for the first {_common.MAX_LAYER_FIGURES} of "
-            f"{len(keys)} layers; the table lists them all."
+            f" Per-layer figures are drawn for the {len(shown)} of {len(layers)} layers with "
+            "the most non-finite, then the most zero outputs; the table lists them all."
         )
     return figures
 

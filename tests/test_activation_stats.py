@@ -154,3 +154,23 @@ def test_unit_heatmap_of_a_wide_layer_is_capped_and_says_so():
     assert "Showing 64 of 100 units" in by_layer["wide"].caption
     assert "Showing" not in by_layer["head"].caption
     assert by_layer[None].title == "Activation statistics per layer"
+
+
+def test_per_layer_figures_go_to_the_layers_with_the_most_zeros():
+    from plugins.activation_stats import LAYER_FIGURES
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8,))
+    x = inputs
+    for i in range(LAYER_FIGURES + 3):
+        x = keras.layers.Dense(8, name=f"linear{i}")(x)
+    # Shifted down, many of its outputs are zeros after the ReLU; the linear layers have none.
+    sparse = keras.layers.Dense(8, activation="relu", bias_initializer="zeros", name="sparse")
+    model = keras.Model(inputs, sparse(keras.layers.Lambda(lambda t: t - 1.0)(x)))
+    data = np.random.default_rng(6).normal(size=(64, 8)).astype("float32")
+
+    figures = _stats(model, data, minimal=False).plugins["activation-stats"].result.figures
+
+    drawn = [figure.layer for figure in figures if figure.layer is not None]
+    assert len(drawn) == LAYER_FIGURES and "sparse" in drawn
+    assert f"the {LAYER_FIGURES} of" in figures[0].caption

@@ -7,7 +7,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-CELL_INCHES = 1.25
+CELL_INCHES = 1.0
+"""Inches per picture: 64 pixels at the 64 dpi of the montages, so small inputs are not upscaled."""
 OVERLAY_ALPHA = 0.45
 
 
