@@ -7,18 +7,18 @@ from typing import Any
 
 import numpy as np
 
-from keraslens.capture import LayerStats
-from keraslens.errors import KeraslensError
-from keraslens.plugin import AnalysisContext, Figure, Finding, Option, Plugin, PluginResult, Table
-from keraslens.vis.compat import (
+from keraslens.attr.compat import (
     check_path,
     functional_view,
     input_shape_of,
     parse_output,
     require_continuous_input,
 )
+from keraslens.attr.layers import last_spatial_layer, layer_shapes
+from keraslens.capture import LayerStats
+from keraslens.errors import KeraslensError
+from keraslens.plugin import AnalysisContext, Figure, Finding, Option, Plugin, PluginResult, Table
 from keraslens.vis.figures import maximization_montage
-from keraslens.vis.layers import last_spatial_layer, layer_shapes
 from keraslens.vis.maximize import maximize, unit_activations
 
 FULL_STEPS = 100

@@ -6,54 +6,63 @@ from typing import Any
 
 import numpy as np
 
+from keraslens.attr.compat import check_path, input_shape_of, parse_output
+from keraslens.attr.layers import (
+    FINE_POSITIONS,
+    finer_spatial_layer,
+    last_spatial_layer,
+    layer_shapes,
+)
 from keraslens.errors import KeraslensError
 from keraslens.plugin import AnalysisContext, Figure, Finding, Option, Plugin, PluginResult, Table
-from keraslens.vis.compat import (
-    check_path,
-    input_shape_of,
-    parse_output,
-    require_continuous_input,
-)
 from keraslens.vis.figures import heatmap_grid
 from keraslens.vis.heatmap import METHODS, explain
-from keraslens.vis.layers import last_spatial_layer
 from keraslens.vis.sanity import deletion_insertion, randomization_test
 
-DEFAULT_METHODS = ["gradcam", "gradcam++", "faster-scorecam", "saliency"]
+UPSAMPLED = 4
+"""A map upsampled this many times or more from under 7 positions is called coarse."""
+
+DEFAULT_METHODS = ["gradcam", "gradcam++", "integrated-gradients", "saliency", "guided-backprop"]
+"""Guided backprop is the randomisation test's known failing control (Adebayo et al., 2018):
+with it in the table, the report shows that the check can fail."""
 
 
 class Heatmaps(Plugin):
     """Attribution heatmaps of a few samples, and whether to trust each method.
 
-    For each method: the maps of the shown samples (a grid of input | overlay), the
-    model-parameter randomisation test of Adebayo et al. (2018) (rank correlation between
-    the maps of the model and of a copy with permuted weights; a method above
-    `similarity_threshold` is flagged) and deletion / insertion AUC (Petsiuk et al.,
-    2018). CAM methods need a layer with a spatial output; on a model without one they
-    are skipped, with the reason, and saliency still runs.
+    Every method of `keraslens.attribute` can be drawn. For each: the maps of the shown
+    samples (a grid of input | overlay), the model-parameter randomisation test of Adebayo
+    et al. (2018) (rank correlation between the maps of the model and of a copy with
+    permuted weights; a method above `similarity_threshold` is flagged) and deletion /
+    insertion AUC (Petsiuk et al., 2018). CAM methods need a layer with positions; on a
+    model without one they are skipped, with the reason, and the gradient methods still
+    run. Token models are explained at their embedding, one value per token. A model with
+    several outputs has each explained in turn unless `output` names one.
 
     Example:
 
     ```python
     result = keraslens.analyze(model, x_val, labels=y_val, plugins=["heatmaps"],
-                               options={"heatmaps": {"methods": ["gradcam", "smoothgrad"]}})
+                               options={"heatmaps": {"methods": ["gradcam", "smoothgrad"],
+                                        "method_options": ["smoothgrad.samples=8"]}})
     result.to_dict()["plugins"]["heatmaps"]["methods"]["gradcam"]["rank_correlation"]
     ```
     """
 
     name = "heatmaps"
     title = "Attribution heatmaps"
-    description = (
-        "Grad-CAM, Grad-CAM++, Score-CAM, Layer-CAM, saliency, SmoothGrad; sanity-checked."
-    )
+    description = "Every attribution method (Grad-CAM to integrated gradients), sanity-checked."
     needs = frozenset({"sample", "labels", "gradients"})
     expensive = True
     options = {
         "methods": Option(list, DEFAULT_METHODS, "Methods to run.", choices=tuple(METHODS)),
+        "method_options": Option(
+            list, [], "Per-method options, 'method.option=value' (integrated-gradients.steps=32)."
+        ),
         "layer": Option(
             str, "", "Layer path for CAM methods (backbone/conv); empty: last spatial layer."
         ),
-        "output": Option(str, "", "Output to explain (name or index) of a multi-output model."),
+        "output": Option(str, "", "Output to explain (name or index); empty: each output."),
         "target": Option(
             str, "predicted", "Class each map explains.", choices=("predicted", "label")
         ),
@@ -72,6 +81,12 @@ class Heatmaps(Plugin):
     }
 
     @classmethod
+    def parse_options(cls, raw: dict[str, Any]) -> dict[str, Any]:
+        options = super().parse_options(raw)
+        method_options(options["method_options"])  # refused before any work
+        return options
+
+    @classmethod
     def validate(cls, model: Any, options: dict[str, Any]) -> None:
         """Refuse a `layer` the model lacks, or a `class_index` beyond its classes."""
         if options["layer"]:
@@ -86,22 +101,47 @@ class Heatmaps(Plugin):
     def analyze(self, ctx: AnalysisContext) -> PluginResult:
         if not isinstance(ctx.sample, np.ndarray):
             return _skipped_all("the model takes several inputs; heatmaps explain one input.")
-        try:
-            require_continuous_input(ctx.model, ctx.sample)
-        except KeraslensError as error:
-            return _skipped_all(str(error))
         options = ctx.options
         labels = _class_labels(ctx.labels)
         shown = _pick_samples(labels, len(ctx.sample), options["per_class"], options["max_samples"])
         x = ctx.sample[shown]
-        output = parse_output(options["output"])
-        layer = options["layer"] or last_spatial_layer(ctx.model, input_shape_of(ctx.model, x))
+        outputs = _outputs(ctx.model, parse_output(options["output"]))
+        tokens = np.issubdtype(x.dtype, np.integer)
+        layer = options["layer"] or (None if tokens else _default_layer(ctx.model, x))
         targets = _targets(options, None if labels is None else labels[shown])
-        result = PluginResult(data={"layer": layer, "samples": shown, "methods": {}})
+        result = PluginResult(data={"layer": layer, "samples": shown})
+        if layer and not tokens:
+            result.findings += _resolution_findings(ctx.model, x, layer)
+        for output in outputs:
+            part = self._explain_output(ctx, x, output, targets, layer, labels, shown)
+            if len(outputs) == 1:
+                result.data.update(part.data)
+            else:
+                result.data.setdefault("outputs", {})[str(output)] = part.data
+            result.findings += part.findings
+            result.tables += part.tables
+            result.figures += part.figures
+        return result
+
+    def _explain_output(self, ctx, x, output, targets, layer, labels, shown) -> PluginResult:
+        options = ctx.options
+        per_method = method_options(options["method_options"])
+        result = PluginResult(data={"methods": {}})
         maps, prediction = {}, None
         for method in options["methods"]:
+            uses_layer = METHODS[method].uses_layer
             try:
-                report, explanation = self._assess(ctx, x, method, targets, layer, output)
+                if uses_layer and np.issubdtype(x.dtype, np.integer) and not ctx.options["layer"]:
+                    raise KeraslensError("class activation maps need positions; tokens have none.")
+                report, explanation = self._assess(
+                    ctx,
+                    x,
+                    method,
+                    targets,
+                    layer if uses_layer else None,
+                    output,
+                    per_method.get(method, {}),
+                )
             except KeraslensError as error:
                 result.data["methods"][method] = {"skipped": str(error)}
                 result.findings.append(_skip_finding(method, str(error)))
@@ -111,44 +151,126 @@ class Heatmaps(Plugin):
             if prediction is None:
                 prediction = explanation
             result.findings += _sanity_findings(method, report, options["similarity_threshold"])
-        result.tables.append(_table(result.data["methods"]))
+        suffix = "" if output is None else f" (output {output})"
+        result.tables.append(_table(result.data["methods"], suffix))
         if prediction is not None:
             result.data.update(
                 predicted=prediction.predicted, scores=prediction.scores, targets=prediction.targets
             )
-            if not ctx.minimal:
-                result.figures.append(_grid(x, maps, prediction, labels, shown, layer))
+            if not ctx.minimal and not np.issubdtype(x.dtype, np.integer):
+                result.figures.append(_grid(x, maps, prediction, labels, shown, layer, suffix))
+            elif np.issubdtype(x.dtype, np.integer):
+                result.tables.append(_token_table(x, maps, prediction, suffix))
         return result
 
-    def _assess(self, ctx, x, method, targets, layer, output) -> tuple[dict[str, Any], Any]:
+    def _assess(self, ctx, x, method, targets, layer, output, overrides) -> tuple[dict, Any]:
         options = ctx.options
-        layer = layer if METHODS[method].uses_layer else None
-        seeded = {"seed": ctx.seed} if method == "smoothgrad" else {}
+        settings = {"seed": ctx.seed} if "seed" in METHODS[method].options else {}
+        settings.update(overrides)
         correlation = trustworthy = None
+        nonfinite = 0
         if options["sanity_check"]:
             test = randomization_test(
-                ctx.model, x, method, targets, layer, output=output, weights_seed=ctx.seed, **seeded
+                ctx.model,
+                x,
+                method,
+                targets,
+                layer,
+                output=output,
+                weights_seed=ctx.seed,
+                **settings,
             )
             explanation, correlation = test.trained, test.mean_correlation
-            trustworthy = test.passes(options["similarity_threshold"])
+            trustworthy, nonfinite = test.passes(options["similarity_threshold"]), test.nonfinite
         else:
-            explanation = explain(ctx.model, x, method, targets, layer, output=output, **seeded)
-        faithfulness = deletion_insertion(
-            ctx.model,
-            x,
-            explanation.maps,
-            explanation.targets,
-            output=output,
-            steps=options["faithfulness_steps"],
-        )
+            explanation = explain(ctx.model, x, method, targets, layer, output=output, **settings)
+        faithfulness = None
+        if not np.issubdtype(x.dtype, np.integer):
+            faithfulness = deletion_insertion(
+                ctx.model,
+                x,
+                np.nan_to_num(explanation.maps),
+                explanation.targets,
+                output=output,
+                steps=options["faithfulness_steps"],
+            )
         report = {
+            "options": explanation.settings,
             "flat_maps": int(np.sum(np.ptp(explanation.maps.reshape(len(x), -1), axis=1) == 0)),
+            "nonfinite_maps": nonfinite,
             "rank_correlation": correlation,
             "trustworthy": trustworthy,
-            "deletion_auc": float(faithfulness.deletion.mean()),
-            "insertion_auc": float(faithfulness.insertion.mean()),
+            "deletion_auc": None if faithfulness is None else float(faithfulness.deletion.mean()),
+            "insertion_auc": None if faithfulness is None else float(faithfulness.insertion.mean()),
         }
         return report, explanation
+
+
+def method_options(items: list[str]) -> dict[str, dict[str, Any]]:
+    """`["integrated-gradients.steps=32"]` as `{"integrated-gradients": {"steps": 32}}`.
+
+    Each value is parsed and validated by the method's own option, so a bad one is refused
+    before any work.
+    """
+    parsed: dict[str, dict[str, Any]] = {}
+    for item in items:
+        method, dot, rest = item.partition(".")
+        name, equals, value = rest.partition("=")
+        if not dot or not equals or method not in METHODS:
+            raise ValueError(
+                f"heatmaps.method_options item {item!r} is not 'method.option=value' with a "
+                f"method of: {', '.join(METHODS)}."
+            )
+        declared = METHODS[method].options
+        if name not in declared:
+            raise ValueError(
+                f"heatmaps.method_options: {METHODS[method].title} has no option {name!r}; its "
+                f"options: {', '.join(declared) or 'none'}."
+            )
+        parsed.setdefault(method, {})[name] = declared[name].parse(name, value)
+    return parsed
+
+
+def _outputs(model, output) -> list:
+    if output is not None:
+        return [output]
+    try:
+        names = list(model.output_names) if len(model.outputs) > 1 else []
+    except (AttributeError, ValueError, TypeError):
+        names = []
+    return names or [None]
+
+
+def _default_layer(model, x) -> str | None:
+    return last_spatial_layer(model, input_shape_of(model, x))
+
+
+def _resolution_findings(model, x, layer) -> list[Finding]:
+    shape = dict(layer_shapes(model, input_shape_of(model, x))).get(layer)
+    if shape is None or len(shape) < 3:
+        return []
+    coarse = [
+        (d or FINE_POSITIONS) < FINE_POSITIONS and size >= UPSAMPLED * d
+        for d, size in zip(shape[1:-1], x.shape[1:-1], strict=False)
+    ]
+    if not any(coarse):
+        return []
+    finer = finer_spatial_layer(model, input_shape_of(model, x))
+    if finer is None:
+        return []  # nothing finer to suggest: the input itself is small
+    positions = "x".join(str(d) for d in shape[1:-1])
+    return [
+        Finding(
+            severity="info",
+            message=(
+                f"Class activation maps are taken at {layer!r}, which has {positions} positions: "
+                "the maps are blobs at that resolution, upsampled."
+            ),
+            layer=layer,
+            label="coarse heatmap",
+            fix=f"Set heatmaps.layer={finer!r} for a finer map.",
+        )
+    ]
 
 
 def _class_count(model: Any, output: int | str | None) -> int | None:
@@ -221,6 +343,20 @@ def _sanity_findings(method: str, report: dict[str, Any], threshold: float) -> l
                 "(heatmaps.layer).",
             )
         )
+    if report["nonfinite_maps"]:
+        findings.append(
+            Finding(
+                severity="warning",
+                message=(
+                    f"{title} gives maps that are not finite (NaN or inf) for "
+                    f"{report['nonfinite_maps']} of the shown samples, on the trained or the "
+                    "randomised model: the randomisation test cannot pass."
+                ),
+                value=report["nonfinite_maps"],
+                label="non-finite heatmap",
+                fix="Check the model for overflow (huge logits) or use another method.",
+            )
+        )
     correlation = report["rank_correlation"]
     if correlation is not None and correlation >= threshold:
         findings.append(
@@ -241,27 +377,41 @@ def _sanity_findings(method: str, report: dict[str, Any], threshold: float) -> l
     return findings
 
 
-def _table(methods: dict[str, dict[str, Any]]) -> Table:
+def _verdict(report: dict[str, Any]) -> str:
+    if report["nonfinite_maps"]:
+        return "flagged: maps not finite"
+    if report["trustworthy"] is None:
+        return "not run"
+    if report["trustworthy"]:
+        return "passes"
+    if report["rank_correlation"] is None or np.isnan(report["rank_correlation"]):
+        return "flagged: flat maps"
+    return "flagged"
+
+
+def _table(methods: dict[str, dict[str, Any]], suffix: str = "") -> Table:
     rows = []
     for method, report in methods.items():
         if "skipped" in report:
-            rows.append([METHODS[method].title, None, "skipped", None, None])
+            rows.append([METHODS[method].title, "", None, "skipped", None, None])
             continue
-        verdict = {True: "passes", False: "flagged", None: "not run"}[report["trustworthy"]]
+        settings = ", ".join(f"{k}={v}" for k, v in (report["options"] or {}).items())
         rows.append(
             [
                 METHODS[method].title,
+                settings,
                 report["rank_correlation"],
-                verdict,
+                _verdict(report),
                 report["deletion_auc"],
                 report["insertion_auc"],
             ]
         )
     return Table(
-        title="Sanity checks (randomisation: lower correlation is better; deletion AUC: lower "
-        "is better; insertion AUC: higher is better)",
+        title="Sanity checks" + suffix + " (randomisation: lower correlation is better; "
+        "deletion AUC: lower is better; insertion AUC: higher is better)",
         columns=[
             "method",
+            "options",
             "rank correlation",
             "randomisation test",
             "deletion AUC",
@@ -271,7 +421,22 @@ def _table(methods: dict[str, dict[str, Any]]) -> Table:
     )
 
 
-def _grid(x, maps, prediction, labels, shown, layer) -> Figure:
+def _token_table(x, maps, prediction, suffix: str) -> Table:
+    """Per shown sample, its tokens by decreasing attribution (the first method's map)."""
+    title, values = next(iter(maps.items()))
+    rows = []
+    for row, (tokens, weights) in enumerate(zip(x, values, strict=True)):
+        order = np.argsort(-weights, kind="stable")[:5]
+        top = ", ".join(f"#{int(i)} id {int(tokens[i])} ({weights[i]:.2f})" for i in order)
+        rows.append([row, int(prediction.predicted[row]), top])
+    return Table(
+        title=f"Deciding tokens{suffix}: {title}, strongest first (position, token id, weight)",
+        columns=["sample", "predicted", "top tokens"],
+        rows=rows,
+    )
+
+
+def _grid(x, maps, prediction, labels, shown, layer, suffix: str = "") -> Figure:
     row_labels = [
         f"pred {p} ({s:.2f})" + ("" if labels is None else f"\ntrue {labels[i]}")
         for p, s, i in zip(prediction.predicted, prediction.scores, shown, strict=True)
@@ -279,7 +444,7 @@ def _grid(x, maps, prediction, labels, shown, layer) -> Figure:
     caption = f"CAM layer: {layer}. " if layer else ""
     return Figure.from_matplotlib(
         heatmap_grid(x, maps, row_labels),
-        title="Heatmaps",
+        title="Heatmaps" + suffix,
         caption=caption + "Each map is normalised to [0, 1] per sample.",
         dpi=72,
     )

@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from tf_keras_vis.gradcam import Gradcam
 from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
 from tf_keras_vis.layercam import Layercam
@@ -46,12 +47,6 @@ def _direct(visualizer, model, images, **kwargs):
         ("gradcam++", GradcamPlusPlus, {}, {"penultimate_layer": "conv2"}),
         ("layercam", Layercam, {}, {"penultimate_layer": "conv2"}),
         ("scorecam", Scorecam, {}, {"penultimate_layer": "conv2"}),
-        (
-            "faster-scorecam",
-            Scorecam,
-            {"max_channels": 4},
-            {"penultimate_layer": "conv2", "max_N": 4},
-        ),
         ("saliency", Saliency, {}, {}),
     ],
 )
@@ -60,14 +55,42 @@ def test_maps_equal_tf_keras_vis_used_directly(
 ):
     ours = heatmap(functional, images, method, targets=TARGETS, layer="conv2", **options)
     expected = _direct(visualizer, functional, images, **direct_options)
-    np.testing.assert_allclose(ours, expected, atol=1e-5)
+    # tf-keras-vis adds 1e-7 to (max - min) when it normalises; keraslens does not.
+    np.testing.assert_allclose(ours, expected, rtol=1e-3, atol=1e-4)
 
 
-def test_smoothgrad_equals_tf_keras_vis_with_the_same_seed(functional, images):
+def test_faster_scorecam_equals_tf_keras_vis_max_n_sample_by_sample(functional, images):
+    # tf-keras-vis keeps the union of every sample's top channels; keraslens each sample's
+    # own, so that a map does not depend on the rest of its batch. One sample: the same.
+    for i in range(len(images)):
+        ours = heatmap(functional, images[i : i + 1], "faster-scorecam", TARGETS[i], max_channels=4)
+        vis = Scorecam(functional, model_modifier=ReplaceToLinear(), clone=True)
+        expected = vis(
+            CategoricalScore([int(TARGETS[i])]),
+            images[i : i + 1],
+            penultimate_layer="conv2",
+            max_N=4,
+        )
+        np.testing.assert_allclose(ours, expected, rtol=1e-3, atol=1e-4)
+
+
+def test_smoothgrad_is_the_magnitude_of_the_mean_gradient_of_noisy_copies(functional, images):
     ours = heatmap(functional, images, "smoothgrad", targets=TARGETS, samples=4, seed=7)
-    np.random.seed(7)
-    expected = _direct(Saliency, functional, images, smooth_samples=4)
-    np.testing.assert_allclose(ours, expected, atol=1e-5)
+    x = images.reshape(4, -1)
+    sigma = 0.2 * (x.max(1) - x.min(1))
+    noise = np.random.default_rng(7).standard_normal((4, 4, 16, 16, 3), np.float32)
+    noisy = images[:, None] + sigma[:, None, None, None, None] * noise
+    head = functional.get_layer("head")
+    hidden = keras.Model(functional.inputs, functional.get_layer("pool").output)
+    value = tf.constant(noisy.reshape(-1, 16, 16, 3))
+    with tf.GradientTape() as tape:
+        tape.watch(value)
+        logits = hidden(value) @ head.kernel + head.bias
+        score = tf.reduce_sum(tf.gather(logits, np.repeat(TARGETS, 4)[:, None], batch_dims=1))
+    grads = tape.gradient(score, value).numpy().reshape(4, 4, 16, 16, 3).mean(1)
+    expected = np.abs(grads).max(-1)
+    low, high = expected.min((1, 2), keepdims=True), expected.max((1, 2), keepdims=True)
+    np.testing.assert_allclose(ours, (expected - low) / (high - low), rtol=1e-3, atol=1e-4)
 
 
 def test_smoothgrad_leaves_the_global_numpy_stream_alone(functional, images):
@@ -132,7 +155,7 @@ def test_multi_output_model_explains_the_chosen_output(images):
     )
     for output in ("colour", 1):
         maps = heatmap(model, images, targets=[1, 0, 1, 0], output=output)
-        np.testing.assert_allclose(maps, expected, atol=1e-5)
+        np.testing.assert_allclose(maps, expected, rtol=1e-3, atol=1e-4)
     with pytest.raises(KeraslensError, match="2 outputs"):
         heatmap(model, images)
     with pytest.raises(KeraslensError, match="no output 'size'"):
@@ -162,8 +185,8 @@ def test_sequence_model_saliency_is_one_value_per_step():
     )
     x = np.random.default_rng(2).random((3, 12, 4), dtype=np.float32)
     assert heatmap(model, x, "saliency").shape == (3, 12)
-    with pytest.raises(KeraslensError, match="spatial"):
-        heatmap(model, x, "layercam")
+    cam = heatmap(model, x, "gradcam")  # at the Conv1D's 10 steps, resized to 12
+    assert cam.shape == (3, 12) and np.isfinite(cam).all()
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import pytest
 import keraslens
 from keraslens.plugin import AnalysisContext
 from plugins.activation_maximization import ActivationMaximization
-from plugins.heatmaps import Heatmaps
+from plugins.heatmaps import DEFAULT_METHODS, Heatmaps
 
 
 def _conv_model():
@@ -59,15 +59,16 @@ def test_heatmaps_show_a_few_samples_per_class_with_every_check(images):
     result = Heatmaps().analyze(ctx)
     assert result.data["layer"] == "conv2"
     assert result.data["samples"] == [0, 1, 2, 3, 4, 5]
-    assert set(result.data["methods"]) == {"gradcam", "gradcam++", "faster-scorecam", "saliency"}
+    assert list(result.data["methods"]) == DEFAULT_METHODS
     for report in result.data["methods"].values():
         assert 0 <= report["deletion_auc"] <= 1 and 0 <= report["insertion_auc"] <= 1
         assert report["trustworthy"] in (True, False)
     assert [row[0] for row in result.tables[0].rows] == [
         "Grad-CAM",
         "Grad-CAM++",
-        "Faster Score-CAM",
+        "Integrated gradients",
         "Saliency",
+        "Guided backprop",
     ]
     assert len(result.figures) == 1 and result.figures[0].png.startswith(b"\x89PNG")
 
@@ -80,7 +81,7 @@ def test_heatmaps_skip_cam_on_a_dense_model_with_the_reason():
     assert "use method='saliency'" in result.data["methods"]["gradcam"]["skipped"]
     assert "rank_correlation" in result.data["methods"]["smoothgrad"]
     assert any("Grad-CAM skipped" in f.message for f in result.findings)
-    assert result.tables[0].rows[0][2] == "skipped"
+    assert result.tables[0].rows[0][3] == "skipped"
 
 
 def _token_model():
@@ -89,18 +90,26 @@ def _token_model():
     return keras.Model(tokens, keras.layers.Dense(3, activation="softmax")(hidden))
 
 
-@pytest.mark.parametrize("plugin", [Heatmaps, ActivationMaximization])
-def test_plugins_skip_a_model_of_token_ids_with_the_reason(plugin):
+def test_maximization_skips_a_model_of_token_ids_with_the_reason():
     x = np.random.default_rng(2).integers(0, 9, size=(12, 7)).astype(np.int32)
+    plugin = ActivationMaximization
     result = plugin().analyze(_context(plugin, _token_model(), x, stats={}))
     assert "int32 inputs" in result.data["skipped"]
     assert "no gradient" in result.findings[0].message
 
 
-def test_heatmap_and_maximize_reject_token_ids_with_a_clear_error():
-    x = np.zeros((2, 7), np.int32)
-    with pytest.raises(keraslens.KeraslensError, match="int32 inputs"):
-        keraslens.heatmap(_token_model(), x, "saliency")
+def test_heatmaps_explain_a_token_model_per_token_and_skip_cams_with_the_reason():
+    x = np.random.default_rng(2).integers(1, 9, size=(12, 7)).astype(np.int32)
+    ctx = _context(Heatmaps, _token_model(), x, methods=["gradcam", "integrated-gradients"])
+    result = Heatmaps().analyze(ctx)
+    assert "positions" in result.data["methods"]["gradcam"]["skipped"]
+    assert result.data["methods"]["integrated-gradients"]["options"]["steps"] == 50
+    assert [t.columns for t in result.tables][-1] == ["sample", "predicted", "top tokens"]
+
+
+def test_heatmap_of_token_ids_is_one_value_per_token_and_maximize_refuses_them():
+    x = np.ones((2, 7), np.int32)
+    assert keraslens.heatmap(_token_model(), x, "saliency").shape == (2, 7)
     with pytest.raises(keraslens.KeraslensError, match="continuous input"):
         keraslens.maximize(_token_model(), None, [0], steps=1)
 
@@ -113,7 +122,11 @@ def test_heatmaps_flag_a_method_that_ignores_the_weights(images):
 
 def test_heatmaps_options_are_checked_before_any_work():
     with pytest.raises(ValueError, match="allowed: gradcam"):
-        Heatmaps.parse_options({"methods": ["gradcam", "guided-backprop"]})
+        Heatmaps.parse_options({"methods": ["gradcam", "guided-backprob"]})
+    with pytest.raises(ValueError, match="Integrated gradients has no option 'step'"):
+        Heatmaps.parse_options({"method_options": ["integrated-gradients.step=3"]})
+    with pytest.raises(ValueError, match="must be >= 1"):
+        Heatmaps.parse_options({"method_options": ["integrated-gradients.steps=0"]})
 
 
 def test_maximization_takes_the_most_and_least_active_units_of_the_statistics(images):
@@ -202,3 +215,39 @@ def test_a_rank_1_output_is_one_score_maximised_as_unit_0():
     assert score["units"] == [0]
     assert score["best_natural"][0] == pytest.approx(best, rel=1e-5)
     assert best < score["reached"][0] <= box_max + 1e-5
+
+
+def test_heatmaps_name_a_finer_layer_when_the_map_is_coarse():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((32, 32, 1)),
+            keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="fine"),
+            keras.layers.MaxPooling2D(8, name="pool"),
+            keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="coarse"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(2, activation="softmax"),
+        ]
+    )
+    x = np.random.default_rng(0).random((4, 32, 32, 1), dtype=np.float32)
+    ctx = _context(Heatmaps, model, x, methods=["gradcam"], sanity_check=False)
+    findings = [f for f in Heatmaps().analyze(ctx).findings if f.label == "coarse heatmap"]
+    assert len(findings) == 1 and "4x4 positions" in findings[0].message
+    assert "heatmaps.layer='pool'" not in findings[0].fix and "'fine'" in findings[0].fix
+
+
+def test_a_method_whose_maps_are_not_finite_never_passes_the_randomisation_test():
+    from keraslens.attr import AttributionMethod
+    from keraslens.vis.sanity import randomization_test
+
+    class Overflowing(AttributionMethod):
+        name, title, citation = "overflowing", "Overflowing", "none"
+
+        def attribute(self, scorer):
+            values = scorer.gradient(scorer.value)
+            values[:, 0] = np.nan  # as an exp() of a large logit gives
+            return values
+
+    x = np.random.default_rng(0).random((3, 10, 10, 1), dtype=np.float32)
+    test = randomization_test(_conv_model(), x, Overflowing())
+    assert test.nonfinite == 3 and not test.passes(1.0)

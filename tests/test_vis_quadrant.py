@@ -8,8 +8,8 @@ import keras
 import numpy as np
 import pytest
 
+from keraslens.attr import AttributionMethod
 from keraslens.vis import explain, heatmap
-from keraslens.vis.method import Method
 from keraslens.vis.sanity import SIMILARITY_THRESHOLD, deletion_insertion, randomization_test
 
 pytestmark = pytest.mark.slow
@@ -62,22 +62,22 @@ def test_most_of_the_map_lies_in_the_planted_quadrant(planted, method):
     assert (share > 0.5).mean() >= 0.9
 
 
-class InputIntensity(Method):
+class InputIntensity(AttributionMethod):
     """A "method" that ignores the model: the randomisation test must reject it."""
 
     name = "input-intensity"
     title = "Input intensity"
-    uses_layer = False
+    citation = "none"
+    magnitude = True
 
-    def _maps(self, score, x):
-        score(self.score_model([x]))
-        return np.abs(x[..., 0]) / np.abs(x[..., 0]).max(axis=(1, 2), keepdims=True)
+    def attribute(self, scorer):
+        return scorer.value
 
 
 def test_randomisation_passes_gradcam_and_rejects_a_weight_free_map(planted):
     model, x, y = planted
     gradcam = randomization_test(model, x[:12], "gradcam", targets=y[:12], weights_seed=1)
-    intensity = randomization_test(model, x[:12], InputIntensity, targets=y[:12], weights_seed=1)
+    intensity = randomization_test(model, x[:12], InputIntensity(), targets=y[:12], weights_seed=1)
     assert gradcam.mean_correlation < SIMILARITY_THRESHOLD
     assert gradcam.passes()
     np.testing.assert_allclose(intensity.correlation, 1.0)
@@ -87,14 +87,13 @@ def test_randomisation_passes_gradcam_and_rejects_a_weight_free_map(planted):
 class Flat(InputIntensity):
     """A "method" whose maps highlight nothing."""
 
-    def _maps(self, score, x):
-        score(self.score_model([x]))
-        return np.zeros(x.shape[:-1])
+    def attribute(self, scorer):
+        return np.zeros_like(scorer.value)
 
 
 def test_flat_maps_cannot_pass(planted):
     model, x, y = planted
-    flat = randomization_test(model, x[:3], Flat, targets=y[:3])
+    flat = randomization_test(model, x[:3], Flat(), targets=y[:3])
     assert np.isnan(flat.correlation).all()
     assert not flat.informative and not flat.passes()
 

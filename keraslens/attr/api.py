@@ -7,11 +7,11 @@ from typing import Any
 import keras
 import numpy as np
 
-from keraslens.attr.graph import score_graph
 from keraslens.attr.inputs import model_inputs
+from keraslens.attr.layers import last_spatial_layer
 from keraslens.attr.method import AttributionMethod
 from keraslens.attr.registry import METHODS
-from keraslens.attr.scorer import Scorer
+from keraslens.attr.scorer import Scorer, make_scorer
 from keraslens.errors import KeraslensError
 
 
@@ -73,12 +73,18 @@ def attribute(
             model, explainer, specs, feeds, index, targets, output, layer, batch_size
         )
         values = explainer.attribute(scorer)
-        if specs[index].is_integer and layer is None and not explainer.at_layer:
-            values = values[..., 0] if explainer.per_position else values.sum(axis=-1)
+        if specs[index].is_integer and layer is None and not explainer.uses_layer:
+            values = per_token(values, explainer)
         results[specs[index].key] = values
     if input is not None or len(specs) == 1:
         return next(iter(results.values()))
     return results
+
+
+def per_token(values: np.ndarray, method: AttributionMethod) -> np.ndarray:
+    """Attributions at an embedding `(N, T, D)` as one value per token: summed over D, or
+    the one value a perturbation method repeated over D."""
+    return values[..., 0] if method.per_position else values.sum(axis=-1)
 
 
 def build_method(method: str | AttributionMethod, options: dict[str, Any]) -> AttributionMethod:
@@ -98,18 +104,23 @@ def method_scorer(
     model, explainer, specs, feeds, index, targets, output, layer, batch_size
 ) -> Scorer:
     """The `Scorer` `explainer` runs on: at the input, a layer, or the CAM layer."""
-    if explainer.at_layer and layer is None:
+    if explainer.uses_layer and layer is None:
         layer = default_cam_layer(model, specs, index)
-    graph = score_graph(
-        model, specs, index, output=output, layer=layer, relu_rule=explainer.relu_rule
+    return make_scorer(
+        model,
+        specs,
+        feeds,
+        index,
+        targets,
+        output=output,
+        layer=layer,
+        relu_rule=explainer.relu_rule,
+        batch_size=batch_size,
     )
-    return Scorer(graph, feeds, targets, batch_size)
 
 
 def default_cam_layer(model, specs, index) -> str:
     """The last layer with positions (the usual Grad-CAM layer), or a clear error."""
-    from keraslens.vis.layers import last_spatial_layer
-
     layer = last_spatial_layer(model, specs[index].shape)
     if layer is None:
         raise KeraslensError(

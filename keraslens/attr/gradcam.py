@@ -9,7 +9,7 @@ layer's resolution (tested), and are upsampled bilinearly to the input's positio
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
+from scipy.ndimage import zoom
 
 from keraslens.attr.method import AttributionMethod
 from keraslens.attr.scorer import Scorer
@@ -22,19 +22,22 @@ class GradCAM(AttributionMethod):
     name = "gradcam"
     title = "Grad-CAM"
     citation = "Selvaraju et al. (2017), Grad-CAM: Visual Explanations from Deep Networks."
-    at_layer = True
+    uses_layer = True
 
     def attribute(self, scorer: Scorer) -> np.ndarray:
         activation = scorer.value
+        self._require_positions(activation)
+        grads = scorer.gradient(activation)
+        cam = np.maximum(self._combine(activation, grads, scorer), 0.0)
+        return upsample(cam, scorer.input_shape)
+
+    def _require_positions(self, activation: np.ndarray) -> None:
         if activation.ndim not in (3, 4):
             raise KeraslensError(
                 f"{self.title} needs a layer with positions and channels, (batch, steps, "
                 f"channels) or (batch, height, width, channels); the layer gives "
                 f"{activation.shape[1:]}."
             )
-        grads = scorer.gradient(activation)
-        cam = np.maximum(self._combine(activation, grads, scorer), 0.0)
-        return upsample(cam, scorer.input_shape)
 
     def _combine(self, activation: np.ndarray, grads: np.ndarray, scorer: Scorer) -> np.ndarray:
         positions = tuple(range(1, activation.ndim - 1))
@@ -79,14 +82,14 @@ class LayerCAM(GradCAM):
         return (np.maximum(grads, 0.0) * activation).sum(axis=-1)
 
 
-def upsample(maps: np.ndarray, input_shape: tuple) -> np.ndarray:
-    """Bilinear resize of `(N, h[, w])` maps to the input's positions, with a channel axis.
+def upsample(maps: np.ndarray, input_shape: tuple, mode: str = "constant") -> np.ndarray:
+    """Linear resize of `(N, h[, w][, k])` maps to the input's positions, with a channel axis.
 
-    Returns `(N, H, W, 1)` for image inputs and `(N, T, 1)` for sequences, so the map
-    broadcasts against the input.
+    `scipy.ndimage.zoom` of order 1, as tf-keras-vis resizes its maps, so both agree.
+    Returns `(N, H, W, 1)` for image inputs and `(N, T, 1)` for sequences (a map with `k`
+    trailing channels keeps them), so the map broadcasts against the input.
     """
     positions = input_shape[:-1] if len(input_shape) > 1 else input_shape
-    if maps.ndim == 2:
-        resized = tf.image.resize(maps[:, :, None, None], (positions[0], 1), "bilinear")
-        return np.asarray(resized)[:, :, 0, :]
-    return np.asarray(tf.image.resize(maps[..., None], positions[:2], "bilinear"))
+    maps = maps if maps.ndim == len(positions) + 2 else maps[..., None]
+    factors = (1, *(t / f for f, t in zip(maps.shape[1:-1], positions, strict=True)), 1)
+    return zoom(maps, factors, order=1, mode=mode).astype(np.float32)

@@ -27,8 +27,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keraslens.attr.compat import check_path, is_opaque, output_index, pre_activation
 from keraslens.errors import KeraslensError
-from keraslens.vis.compat import check_path, is_opaque, output_index, pre_activation
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,7 @@ class ScoreGraph:
         specs: the model's inputs.
         explained: index in `specs` of the input being explained.
         layer: path of the layer whose output is explained, or None for the input itself.
+        output: the output explained, as the user named it.
         layer_model: from the model's inputs to that layer's output (None without `layer`).
         to_probability: maps logits to what the model itself outputs.
     """
@@ -63,6 +64,7 @@ class ScoreGraph:
     model: keras.Model
     specs: tuple[InputSpec, ...]
     explained: int
+    output: int | str | None
     layer: str | None
     layer_model: keras.Model | None
     to_probability: Callable[[Any], Any]
@@ -141,7 +143,7 @@ def score_graph(
 
 
 def _build(model, specs, explained, output, layer, relu_rule) -> ScoreGraph:
-    view = _functional(model, specs)
+    view = functional_model(model, specs)
     path = layer.split("/") if layer else []
     if path:
         check_path(view, path)
@@ -167,14 +169,16 @@ def _build(model, specs, explained, output, layer, relu_rule) -> ScoreGraph:
         model=keras.Model(feeds, logits),
         specs=specs,
         explained=explained,
+        output=output,
         layer=layer or (replay.layer_name if token_input else None),
         layer_model=layer_model,
         to_probability=to_probability,
     )
 
 
-def _functional(model: keras.Model, specs: Sequence[InputSpec]) -> keras.Model:
-    """A Functional model computing `model` with its own layers, one Input per spec."""
+def functional_model(model: keras.Model, specs: Sequence[InputSpec]) -> keras.Model:
+    """A Functional model computing `model` with its own layers (so its weights), one Input
+    per spec; Sequential models are replayed, subclassed ones traced through `call`."""
     if isinstance(model, keras.Model) and not isinstance(model, keras.Sequential):
         if getattr(model, "outputs", None) is not None:
             return model
@@ -303,7 +307,7 @@ class _Replay:
 def _functional_inner(layer: keras.Model, args: tuple) -> keras.Model:
     first = args[0]
     spec = InputSpec("inner", tuple(first.shape[1:]), keras.backend.standardize_dtype(first.dtype))
-    return _functional(layer, [spec])
+    return functional_model(layer, [spec])
 
 
 def _floating(tensor: Any) -> bool:

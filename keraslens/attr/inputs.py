@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keraslens.attr.compat import input_shape_of
 from keraslens.attr.graph import InputSpec
 from keraslens.capture.data import arrange_inputs, check_inputs, input_keys, iterate_batches
 from keraslens.errors import KeraslensError
@@ -26,6 +27,8 @@ def model_inputs(model: keras.Model, x: Any) -> tuple[tuple[InputSpec, ...], lis
     if isinstance(x, tf.data.Dataset):
         x = _materialise(model, x)
     x = arrange_inputs(model, x)
+    if isinstance(x, np.ndarray) and len(_declared_dtypes(model) or [None]) == 1:
+        input_shape_of(model, x)  # one array: its shape against the one declared input
     check_inputs(model, x)
     keys = input_keys(model)
     if isinstance(x, Mapping):

@@ -33,7 +33,7 @@ class AttributionMethod(ABC):
     options: ClassVar[Mapping[str, Option]] = {}
     relu_rule: ClassVar[str | None] = None
     """`"guided"` or `"deconvnet"` to run on a graph whose ReLUs follow that backward rule."""
-    at_layer: ClassVar[bool] = False
+    uses_layer: ClassVar[bool] = False
     """True for class activation maps, taken at a spatial layer and upsampled to the input."""
     magnitude: ClassVar[bool] = False
     """True when the values are magnitudes (the picture takes |.| max over channels);

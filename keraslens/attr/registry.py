@@ -13,23 +13,26 @@ from keraslens.attr.method import AttributionMethod
 from keraslens.attr.occlusion import Occlusion
 from keraslens.attr.rise import Rise
 from keraslens.attr.saliency import Saliency
+from keraslens.attr.scorecam import FasterScoreCAM, ScoreCAM
 from keraslens.attr.smoothgrad import SmoothGrad, SquareGrad, VarGrad
 from keraslens.attr.sobol import Sobol
 
 METHODS: dict[str, type[AttributionMethod]] = {
     method.name: method
     for method in (
+        GradCAM,
+        GradCAMPlusPlus,
+        ScoreCAM,
+        FasterScoreCAM,
+        LayerCAM,
         Saliency,
-        GradientInput,
-        IntegratedGradients,
         SmoothGrad,
         SquareGrad,
         VarGrad,
+        GradientInput,
+        IntegratedGradients,
         GuidedBackprop,
         Deconvnet,
-        GradCAM,
-        GradCAMPlusPlus,
-        LayerCAM,
         Occlusion,
         Rise,
         KernelShap,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 
+import keras
 import numpy as np
 
-from keraslens.attr.graph import ScoreGraph
-from keraslens.vis.targets import as_targets
+from keraslens.attr.graph import InputSpec, ScoreGraph, score_graph
+from keraslens.attr.targets import as_targets
 
 VALUES_PER_PASS = 2**22
 """Input values per internal pass: bounds memory whatever the steps, masks or draws."""
@@ -25,7 +26,10 @@ class Scorer:
     they share. Work is split into passes of `batch_size` rows, so 256 integrated-gradient
     steps on a large batch cannot exhaust memory (Captum issue #245).
 
+    Build one with `make_scorer`.
+
     Args:
+        model: the user's model (for `at_input`).
         graph: the model's `ScoreGraph`.
         feeds: the N samples of every model input, in `graph.specs` order.
         targets: class indices (see `keraslens.attribute`), or None for the predicted class.
@@ -34,11 +38,13 @@ class Scorer:
 
     def __init__(
         self,
+        model: keras.Model,
         graph: ScoreGraph,
         feeds: Sequence[np.ndarray],
         targets: object = None,
         batch_size: int | None = None,
     ) -> None:
+        self.model = model
         self.graph = graph
         self._inputs = list(feeds)
         self.samples = len(self._inputs[0])
@@ -57,6 +63,22 @@ class Scorer:
     def probabilities(self) -> np.ndarray:
         """What the model outputs for the clean samples (softmax of the logits, ...)."""
         return np.asarray(self.graph.to_probability(self.logits))
+
+    def at_input(self, batch_size: int | None = None) -> Scorer:
+        """A scorer of the same samples and targets at the explained input itself."""
+        if self.graph.layer_model is None:
+            return self
+        graph = score_graph(
+            self.model, self.graph.specs, self.graph.explained, output=self.graph.output
+        )
+        return Scorer(self.model, graph, self._inputs, self.targets, batch_size)
+
+    def probability(self, values: np.ndarray, repeat: int = 1, first: int = 0) -> np.ndarray:
+        """What the model outputs for the target class (its softmax...), row by row."""
+        logits = self._run(lambda feeds, _: self.graph.logits_fn(feeds), values, repeat, first)
+        owners = first + np.arange(len(logits)) // repeat
+        probabilities = np.asarray(self.graph.to_probability(logits))
+        return probabilities[np.arange(len(logits)), self.targets[owners]]
 
     def groups(self, rows_per_sample: int) -> Iterator[slice]:
         """Slices of samples whose rows fill a few passes: build big expansions group-wise."""
@@ -107,3 +129,20 @@ class Scorer:
                 feeds[self.graph.explained] = rows
             parts.append(np.asarray(fn(feeds, owners)))
         return np.concatenate(parts)
+
+
+def make_scorer(
+    model: keras.Model,
+    specs: Sequence[InputSpec],
+    feeds: Sequence[np.ndarray],
+    explained: int,
+    targets: object = None,
+    *,
+    output: int | str | None = None,
+    layer: str | None = None,
+    relu_rule: str | None = None,
+    batch_size: int | None = None,
+) -> Scorer:
+    """The `Scorer` of `feeds` on `model`'s cached score graph for these choices."""
+    graph = score_graph(model, specs, explained, output=output, layer=layer, relu_rule=relu_rule)
+    return Scorer(model, graph, feeds, targets, batch_size)

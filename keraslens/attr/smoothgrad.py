@@ -22,6 +22,7 @@ class SmoothGrad(AttributionMethod):
     name = "smoothgrad"
     title = "SmoothGrad"
     citation = "Smilkov et al. (2017), SmoothGrad: removing noise by adding noise."
+    magnitude = True
     options = {
         "samples": Option(int, 20, "Noisy copies per input.", min=1, max=4096),
         "noise": Option(float, 0.2, "Noise std as a fraction of each input's range.", min=0.0),

@@ -1,4 +1,4 @@
-"""Attribution heatmaps and activation maximization for Keras 3, built on tf-keras-vis."""
+"""Pictures for Keras 3 models: attribution heatmaps and activation maximization."""
 
 from keraslens.vis.heatmap import METHODS, explain, heatmap
 from keraslens.vis.maximize import Maximization, maximize

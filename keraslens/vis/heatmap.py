@@ -1,157 +1,203 @@
-"""`heatmap()`: attribution maps for a batch, by method name."""
+"""`heatmap()`: the picture of an attribution, one map per sample normalised to [0, 1].
+
+The numbers come from `keraslens.attribute` (the engine in `keraslens.attr`); this module
+only reduces them over channels and normalises them, so every attribution method is also a
+heatmap method.
+"""
 
 from __future__ import annotations
 
-import inspect
+from dataclasses import dataclass
 from typing import Any
 
 import keras
 import numpy as np
 
+from keraslens.attr.api import build_method, method_scorer, per_token
+from keraslens.attr.inputs import model_inputs
+from keraslens.attr.layers import last_spatial_layer, layer_shapes, require_spatial
+from keraslens.attr.method import AttributionMethod
+from keraslens.attr.registry import METHODS
 from keraslens.errors import KeraslensError
-from keraslens.vis.cam import FasterScoreCAM, GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM
-from keraslens.vis.compat import build_graph, input_shape_of, require_continuous_input
-from keraslens.vis.layers import last_spatial_layer, require_spatial
-from keraslens.vis.method import Explanation, Method
-from keraslens.vis.saliency import Saliency, SmoothGrad
-from keraslens.vis.targets import as_targets
-
-METHODS: dict[str, type[Method]] = {
-    method.name: method
-    for method in (
-        GradCAM,
-        GradCAMPlusPlus,
-        ScoreCAM,
-        FasterScoreCAM,
-        LayerCAM,
-        Saliency,
-        SmoothGrad,
-    )
-}
-"""Attribution methods by name."""
 
 
-def build_method(
-    model: keras.Model,
-    method: str | type[Method],
-    input_shape: tuple,
-    layer: str | None = None,
-    output: int | str | None = None,
-    **options: Any,
-) -> Method:
-    """Build the attribution `method` for `model`, once, to explain many batches.
+@dataclass(frozen=True)
+class Explanation:
+    """Maps for a batch, with the classes they explain and what the model predicted.
 
     Args:
-        model: a Functional, Sequential or subclassed Keras model with one input.
-        method: a name from `METHODS`, or a `Method` subclass.
-        input_shape: the shape of one sample.
-        layer: path of the layer CAM methods take their map at (`"backbone/Conv_1"`);
-            None for the last layer with a spatial output. Ignored by saliency methods.
-        output: which output to explain (index or name) for a multi-output model.
-        **options: the method's own options (e.g. `max_channels`, `samples`, `seed`).
-
-    Raises:
-        KeraslensError: for an unknown method or option, a layer path that does not exist,
-            or a CAM method on a layer (or model) without spatial output.
+        maps: one map per sample, normalised to [0, 1]: `(N, H, W)` for images, `(N, T)`
+            for sequences and tokens, `(N, F)` for tables.
+        targets: the class each map explains.
+        predicted: the class the model predicts.
+        scores: the model's output (e.g. softmax probability) for `predicted`.
+        layer: the layer CAM methods took their map at, or None.
+        settings: the method's options in force.
     """
-    cls = method if isinstance(method, type) and issubclass(method, Method) else None
-    if cls is None and method not in METHODS:
-        raise KeraslensError(
-            f"Unknown heatmap method {method!r}; choose one of: {', '.join(METHODS)}."
-        )
-    cls = cls or METHODS[method]
-    _check_options(cls, options)
-    require_continuous_input(model)
-    if cls.uses_layer:
-        suggestion = last_spatial_layer(model, input_shape)
-        if layer is None and suggestion is None:
-            raise KeraslensError(
-                f"{cls.title} needs a layer with a spatial output (batch, height, width, "
-                f"channels) and model {model.name!r} has none; use method='saliency'."
-            )
-        graph = build_graph(model, input_shape, output, layer or suggestion)
-        require_spatial(graph.layer_path, graph.target_layer.output.shape, cls.title, suggestion)
-    else:
-        graph = build_graph(model, input_shape, output)
-    if len(graph.logits.shape) != 2:
-        raise KeraslensError(
-            f"The explained output has shape {tuple(graph.logits.shape)}; heatmaps explain "
-            "class scores of shape (batch, classes). Choose another output with output=."
-        )
-    return cls(graph, **options)
 
-
-def _check_options(cls: type[Method], options: dict[str, Any]) -> None:
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "graph")]
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise KeraslensError(
-            f"{cls.title} has no option {unknown[0]!r}; its options: "
-            f"{', '.join(accepted) or 'none'}."
-        )
+    maps: np.ndarray
+    targets: np.ndarray
+    predicted: np.ndarray
+    scores: np.ndarray
+    layer: str | None = None
+    settings: dict | None = None
 
 
 def explain(
     model: keras.Model,
-    x: np.ndarray,
-    method: str | type[Method] = "gradcam",
+    x: Any,
+    method: str | AttributionMethod = "gradcam",
     targets: Any = None,
     layer: str | None = None,
     *,
     output: int | str | None = None,
-    batch_size: int = 32,
+    input: int | str | None = None,  # noqa: A002 - the name keraslens.attribute takes
+    batch_size: int | None = None,
     **options: Any,
 ) -> Explanation:
     """Like `heatmap`, but also returns the explained, predicted classes and scores."""
-    x = np.asarray(x, dtype=np.float32)
-    explainer = build_method(model, method, input_shape_of(model, x), layer, output, **options)
-    classes = explainer.graph.logits.shape[-1]
-    return explainer.explain(x, as_targets(targets, len(x), classes), batch_size=batch_size)
+    explainer = _method(method, options)
+    specs, feeds = model_inputs(model, x)
+    index = _one_input(model, specs, input)
+    # The picture is of the input: `layer` only places a class activation map.
+    layer = (
+        _cam_layer(model, specs[index].shape, layer, explainer.title)
+        if explainer.uses_layer
+        else None
+    )
+    scorer = method_scorer(
+        model, explainer, specs, feeds, index, targets, output, layer, batch_size
+    )
+    tokens = specs[index].is_integer and layer is None
+    values = explainer.attribute(scorer)
+    values = per_token(values, explainer) if tokens else values
+    probabilities = scorer.probabilities
+    predicted = probabilities.argmax(axis=1)
+    return Explanation(
+        maps=picture(values, explainer, tokens=tokens),
+        targets=scorer.targets.astype(np.int64),
+        predicted=predicted,
+        scores=probabilities[np.arange(len(predicted)), predicted],
+        layer=layer if explainer.uses_layer else None,
+        settings=explainer.settings(),
+    )
 
 
 def heatmap(
     model: keras.Model,
-    x: np.ndarray,
+    x: Any,
     method: str = "gradcam",
     targets: Any = None,
     layer: str | None = None,
     *,
     output: int | str | None = None,
-    batch_size: int = 32,
+    input: int | str | None = None,  # noqa: A002
+    batch_size: int | None = None,
     **options: Any,
 ) -> np.ndarray:
     """Attribution maps of a batch, normalised to [0, 1] per sample.
 
-    Works on Functional, Sequential and subclassed Keras 3 models, with a softmax head or
-    not (gradients are taken on the pre-activation score), and with the layer inside a
-    nested backbone. The model is never modified.
+    Any method of `keraslens.attribute`, on any model it takes (Functional, Sequential,
+    subclassed, nested backbones, multi-input with `input=`, token models). Gradient
+    magnitudes (saliency, SmoothGrad, ...) are reduced by their largest |value| over
+    channels, as tf-keras-vis does; signed contributions (integrated gradients, occlusion,
+    ...) are summed over channels and their positive part (evidence for the class) kept.
 
     Args:
-        model: a Keras model with one channels-last input.
-        x: a batch of inputs, `(N, H, W, C)` for images.
-        method: one of `"gradcam"`, `"gradcam++"`, `"scorecam"`, `"faster-scorecam"`,
-            `"layercam"`, `"saliency"`, `"smoothgrad"`.
+        model: a Keras model.
+        x: a batch of inputs (see `keraslens.attribute`).
+        method: a name from `keraslens.attr.METHODS`, e.g. `"gradcam"`, `"saliency"`,
+            `"integrated-gradients"`, `"occlusion"`.
         targets: the class to explain: None for each sample's predicted class, one class
             index, one index per sample, or one-hot labels.
         layer: for CAM methods, the path of the layer to take the map at
-            (`"conv2"`, `"mobilenetv2_1.00_96/Conv_1"`); None for the last layer with a
-            spatial output.
+            (`"conv2"`, `"mobilenetv2_1.00_96/Conv_1"`); None for the last layer with
+            positions. Other methods draw the input and ignore it.
         output: the output to explain (index or name) when the model has several.
-        batch_size: samples explained together in one pass.
-        **options: the method's own options: `max_channels` and `mask_batch_size` (Score-CAM
-            variants), `samples`, `noise` and `seed` (SmoothGrad).
+        input: the input to explain (name or index) of a multi-input model.
+        batch_size: rows per internal pass (None: sized by the input).
+        **options: the method's own options, e.g. `steps=` (integrated gradients),
+            `samples=`, `noise=`, `seed=` (SmoothGrad), `patch=` (occlusion).
 
     Returns:
-        Maps of shape `(N, H, W)` for images (the input without its channel axis).
+        Maps of shape `(N, H, W)` for images (the input without its channel axis),
+        `(N, T)` for sequences and tokens.
 
     Example:
 
     ```python
     maps = keraslens.heatmap(model, images[:8], method="gradcam++")
-    maps = keraslens.heatmap(model, images[:8], layer="mobilenetv2_1.00_96/Conv_1",
-                             targets=labels[:8])
+    maps = keraslens.heatmap(model, images[:8], "integrated-gradients", labels[:8], steps=32)
     ```
     """
     return explain(
-        model, x, method, targets, layer, output=output, batch_size=batch_size, **options
+        model,
+        x,
+        method,
+        targets,
+        layer,
+        output=output,
+        input=input,
+        batch_size=batch_size,
+        **options,
     ).maps
+
+
+def picture(values: np.ndarray, method: AttributionMethod, tokens: bool = False) -> np.ndarray:
+    """Attributions reduced to one value per position and min-max normalised per sample."""
+    values = np.asarray(values, dtype=np.float64)
+    if method.uses_layer:
+        maps = values[..., 0]
+    elif tokens or values.ndim == 2:
+        maps = np.abs(values) if method.magnitude else values
+    elif method.magnitude:
+        maps = np.abs(values).max(axis=-1)
+    else:
+        maps = values.sum(axis=-1)
+    if not method.magnitude:
+        maps = np.maximum(maps, 0.0)
+    flat = maps.reshape(len(maps), -1)
+    low, high = flat.min(axis=1), flat.max(axis=1)
+    span = np.where(high > low, high - low, 1.0)
+    shape = (-1,) + (1,) * (maps.ndim - 1)
+    return ((maps - low.reshape(shape)) / span.reshape(shape)).astype(np.float32)
+
+
+def _method(method: str | AttributionMethod, options: dict[str, Any]) -> AttributionMethod:
+    if isinstance(method, str) and method not in METHODS:
+        raise KeraslensError(
+            f"Unknown heatmap method {method!r}; choose one of: {', '.join(METHODS)}."
+        )
+    return build_method(method, options)
+
+
+def _one_input(model: keras.Model, specs, input) -> int:  # noqa: A002
+    if input is None:
+        if len(specs) > 1:
+            raise KeraslensError(
+                f"Model {model.name!r} has {len(specs)} inputs "
+                f"{[s.key for s in specs]}; choose the one to draw with input=<name>."
+            )
+        return 0
+    keys = [s.key for s in specs]
+    if input in keys:
+        return keys.index(input)
+    if isinstance(input, int) and -len(keys) <= input < len(keys):
+        return input % len(keys)
+    raise KeraslensError(f"The model has no input {input!r}; its inputs: {keys}.")
+
+
+def _cam_layer(model: keras.Model, input_shape: tuple, layer: str | None, title: str) -> str:
+    suggestion = last_spatial_layer(model, input_shape)
+    if layer is None:
+        if suggestion is None:
+            raise KeraslensError(
+                f"{title} needs a layer with positions, (batch, height, width, channels) or "
+                f"(batch, steps, channels), and model {model.name!r} has none; use "
+                "method='saliency'."
+            )
+        return suggestion
+    shapes = dict(layer_shapes(model, input_shape))
+    if layer in shapes:
+        require_spatial(layer, shapes[layer], title, suggestion)
+    return layer

@@ -15,8 +15,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keraslens.attr.compat import build_graph, input_shape_of, require_continuous_input
 from keraslens.errors import KeraslensError
-from keraslens.vis.compat import build_graph, input_shape_of, require_continuous_input
 
 _ADAM_BETA1, _ADAM_BETA2, _ADAM_EPSILON = 0.9, 0.999, 1e-7
 """Keras's Adam defaults."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,11 +11,13 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 from scipy.stats import spearmanr
 
+from keraslens.attr.compat import build_graph, input_shape_of
+from keraslens.attr.graph import InputSpec, functional_model
+from keraslens.attr.inputs import model_inputs
+from keraslens.attr.method import AttributionMethod
+from keraslens.attr.targets import as_targets
 from keraslens.errors import KeraslensError
-from keraslens.vis.compat import build_graph, functional_view, input_shape_of
-from keraslens.vis.heatmap import build_method
-from keraslens.vis.method import Explanation, Method
-from keraslens.vis.targets import as_targets
+from keraslens.vis.heatmap import Explanation, explain
 
 SIMILARITY_THRESHOLD = 0.5
 """Mean rank correlation above which maps are deemed unaffected by the weights."""
@@ -37,6 +40,12 @@ class RandomizationTest:
     correlation: np.ndarray
 
     @property
+    def nonfinite(self) -> int:
+        """Samples whose trained or randomised map holds NaN or inf (e.g. an overflow)."""
+        bad = ~np.isfinite(self.trained.maps) | ~np.isfinite(self.randomized.maps)
+        return int(bad.reshape(len(bad), -1).any(axis=1).sum())
+
+    @property
     def informative(self) -> bool:
         """False when every trained map is flat (e.g. Grad-CAM's ReLU removed it all)."""
         return bool(np.isfinite(self.correlation).any())
@@ -49,29 +58,32 @@ class RandomizationTest:
     def passes(self, threshold: float = SIMILARITY_THRESHOLD) -> bool:
         """True when the maps change with the weights: they depend on what was learned.
 
-        Flat maps pass nothing: they explain neither the model nor the input.
+        Flat maps pass nothing: they explain neither the model nor the input; maps that are
+        not finite pass nothing either.
         """
-        return self.informative and self.mean_correlation < threshold
+        return self.nonfinite == 0 and self.informative and self.mean_correlation < threshold
 
 
 def rank_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Spearman correlation between `a[i]` and `b[i]`, per sample; NaN for a flat map."""
     flat_a, flat_b = (np.asarray(m, dtype=np.float64).reshape(len(m), -1) for m in (a, b))
     values = [
-        spearmanr(u, v).statistic if np.ptp(u) > 0 and np.ptp(v) > 0 else np.nan
+        spearmanr(u, v).statistic
+        if np.isfinite(u).all() and np.isfinite(v).all() and np.ptp(u) > 0 and np.ptp(v) > 0
+        else np.nan
         for u, v in zip(flat_a, flat_b, strict=True)
     ]
     return np.asarray(values)
 
 
-def randomized_copy(model: keras.Model, input_shape: tuple, seed: int = 0) -> keras.Model:
+def randomized_copy(model: keras.Model, specs: Sequence[InputSpec], seed: int = 0) -> keras.Model:
     """A copy of `model` whose trainable weights are randomly permuted.
 
     Permuting the entries of each weight tensor keeps its distribution (scale, sign) and
     destroys what training put in it: the "full randomisation" of Adebayo et al. (2018),
     deterministic for a seed. Layer names, and so layer paths, are kept.
     """
-    view = functional_view(model, input_shape)
+    view = functional_model(model, specs)
     try:
         copy = keras.models.clone_model(view)
     except Exception as error:  # Keras raises several types for layers it cannot rebuild
@@ -92,14 +104,15 @@ def randomized_copy(model: keras.Model, input_shape: tuple, seed: int = 0) -> ke
 
 def randomization_test(
     model: keras.Model,
-    x: np.ndarray,
-    method: str | type[Method] = "gradcam",
+    x: Any,
+    method: str | AttributionMethod = "gradcam",
     targets: Any = None,
     layer: str | None = None,
     *,
     output: int | str | None = None,
+    input: int | str | None = None,  # noqa: A002 - the name keraslens.attribute takes
     weights_seed: int = 0,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     **options: Any,
 ) -> RandomizationTest:
     """Model-parameter randomisation test (Adebayo et al., 2018, "Sanity Checks for
@@ -108,16 +121,11 @@ def randomization_test(
 
     Args: as `keraslens.vis.explain`, plus `weights_seed` for the randomisation.
     """
-    x = np.asarray(x, dtype=np.float32)
-    shape = input_shape_of(model, x)
-    trained_method = build_method(model, method, shape, layer, output, **options)
-    classes = trained_method.graph.logits.shape[-1]
-    trained = trained_method.explain(x, as_targets(targets, len(x), classes), batch_size)
-    copy = randomized_copy(model, shape, weights_seed)
-    layer = trained_method.graph.layer_path
-    randomized = build_method(copy, method, shape, layer, output, **options).explain(
-        x, trained.targets, batch_size
-    )
+    common = {"output": output, "input": input, "batch_size": batch_size, **options}
+    trained = explain(model, x, method, targets, layer, **common)
+    specs, _ = model_inputs(model, x)
+    copy = randomized_copy(model, specs, weights_seed)
+    randomized = explain(copy, x, method, trained.targets, trained.layer, **common)
     correlation = rank_correlation(trained.maps, randomized.maps)
     # The randomised map went flat while the trained one was not: nothing of it survived.
     correlation[_is_flat(randomized.maps) & ~_is_flat(trained.maps)] = 0.0

@@ -187,7 +187,8 @@ def build_graph(
 
 def check_path(model: keras.Model, path: Sequence[str], prefix: str = "") -> None:
     """Raise a `KeraslensError` naming the missing part when `path` is not in `model`."""
-    names = [lay.name for lay in model.layers if not isinstance(lay, keras.layers.InputLayer)]
+    operations = [op for op in _operations(model) if not isinstance(op, keras.layers.InputLayer)]
+    names = [op.name for op in operations]
     if path[0] not in names:
         where = f"inside {prefix.rstrip('/')!r}" if prefix else f"in model {model.name!r}"
         raise KeraslensError(
@@ -196,13 +197,18 @@ def check_path(model: keras.Model, path: Sequence[str], prefix: str = "") -> Non
             "e.g. 'backbone/conv'."
         )
     if len(path) > 1:
-        inner = model.get_layer(path[0])
+        inner = operations[names.index(path[0])]
         if not isinstance(inner, keras.Model):
             raise KeraslensError(
                 f"Layer {prefix + path[0]!r} is a {type(inner).__name__}, not a model, so it "
                 f"has no layer {path[1]!r}; drop the path after {path[0]!r}."
             )
         check_path(inner, path[1:], prefix + path[0] + "/")
+
+
+def _operations(model: keras.Model) -> list:
+    """Layers and operations (ConvNeXt's `inputs + x` is an `Add` operation, no layer)."""
+    return list(getattr(model, "operations", None) or model.layers)
 
 
 def _replay(view: keras.Model, path: Sequence[str]) -> tuple[list, list, Any, dict]:

@@ -1,12 +1,10 @@
-"""Which class each sample is explained for, read from the same forward pass as the map."""
+"""Which class each sample is explained for."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
-from tf_keras_vis.utils.scores import Score
 
 from keraslens.errors import KeraslensError
 
@@ -39,26 +37,3 @@ def as_targets(targets: Any, count: int, classes: int) -> np.ndarray | None:
             f"got {values.min()}..{values.max()}."
         )
     return values.astype(np.int64)
-
-
-class TargetScore(Score):
-    """The score of each sample's target class; the predicted class when none is given.
-
-    It keeps the logits of its first call, so the predicted class and its score come from
-    the very forward pass that produced the map. Methods whose passes see altered inputs
-    set `logits` from a clean pass beforehand: Score-CAM from the clean rows it adds to its
-    masked inputs' pass, SmoothGrad from one pass of its own.
-    """
-
-    def __init__(self, targets: np.ndarray | None) -> None:
-        super().__init__("TargetScore")
-        self.targets = targets
-        self.logits: np.ndarray | None = None
-
-    def __call__(self, output: tf.Tensor) -> tf.Tensor:
-        if self.logits is None:
-            self.logits = output.numpy()
-        if self.targets is None:
-            self.targets = self.logits.argmax(axis=-1)
-        index = tf.constant(self.targets, dtype=tf.int32)[:, None]
-        return tf.gather(output, index, batch_dims=1)[:, 0]
