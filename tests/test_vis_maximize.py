@@ -6,6 +6,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 import keraslens
+from keraslens.attr.layers import last_spatial_layer
 from keraslens.errors import KeraslensError
 from keraslens.vis import maximize
 from keraslens.vis.maximize import unit_activations
@@ -168,7 +169,7 @@ def test_the_output_option_explains_only_the_named_output():
 
 
 def test_the_default_layer_is_the_heatmaps_default_and_the_steps_are_reported():
-    from keraslens.vis.layers import last_spatial_layer
+    from keraslens.attr.layers import last_spatial_layer
     from plugins.activation_maximization import FULL_STEPS
 
     model = _two_output_model()
@@ -195,5 +196,6 @@ def test_a_time_series_model_is_maximised_over_its_sequence_quickly():
     result = keraslens.analyze(model, x, plugins=["activation-maximization"])
     run = result.plugins["activation-maximization"]
     assert run.error is None
-    assert "gru" in run.result.data["layers"]  # the layer before the output
+    # The heatmaps' default layer: the Conv1D, the last with positions (steps).
+    assert last_spatial_layer(model, (24, 3)) in run.result.data["layers"]
     assert run.seconds < 60  # 86 s with the eager loop of tf-keras-vis
