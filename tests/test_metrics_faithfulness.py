@@ -60,7 +60,7 @@ def _scorer(model, x):
     from keraslens.attr.inputs import model_inputs
 
     specs, feeds = model_inputs(model, x)
-    return Scorer(score_graph(model, specs, 0), feeds)
+    return Scorer(model, score_graph(model, specs, 0), feeds)
 
 
 def test_deletion_keeps_per_sample_values_and_a_curve_from_the_clean_probability():

@@ -66,7 +66,7 @@ def attribute(
     """
     explainer = build_method(method, options)
     specs, feeds = model_inputs(model, x)
-    chosen = range(len(specs)) if input is None else [_input_index(specs, input)]
+    chosen = range(len(specs)) if input is None else [input_index(specs, input)]
     results = {}
     for index in chosen:
         scorer = method_scorer(
@@ -131,7 +131,7 @@ def default_cam_layer(model, specs, index) -> str:
     return layer
 
 
-def _input_index(specs, input) -> int:  # noqa: A002
+def input_index(specs, input) -> int:  # noqa: A002
     keys = [s.key for s in specs]
     if isinstance(input, str):
         if input not in keys:

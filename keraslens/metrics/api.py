@@ -8,7 +8,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from keraslens.attr.api import _input_index, build_method
+from keraslens.attr.api import build_method, input_index
 from keraslens.attr.graph import score_graph
 from keraslens.attr.inputs import model_inputs
 from keraslens.attr.method import AttributionMethod
@@ -77,7 +77,7 @@ def evaluate(
     index = _explained_input(specs, attribute_options.get("input"))
     chosen = _metrics(metrics, given, specs[index].is_integer, len(specs[index].shape) < 2)
     graph = score_graph(model, specs, index, output=attribute_options.get("output"))
-    scorer = Scorer(graph, feeds, targets, attribute_options.get("batch_size"))
+    scorer = Scorer(model, graph, feeds, targets, attribute_options.get("batch_size"))
     attribute_options["input"] = index
     if given:
         attributions = np.asarray(method_or_attributions)
@@ -100,7 +100,7 @@ def _entry(metric: Metric, explained: Explained) -> dict[str, Any]:
 
 def _explained_input(specs, chosen) -> int:
     if chosen is not None:
-        return _input_index(specs, chosen)
+        return input_index(specs, chosen)
     if len(specs) > 1:
         raise KeraslensError(
             f"The model takes {len(specs)} inputs; name the one the attributions explain "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from keraslens.attr.graph import _functional
+from keraslens.attr.graph import functional_model
 from keraslens.errors import KeraslensError
 from keraslens.metrics import _plumbing
 from keraslens.metrics.metric import Explained, Metric, Score
@@ -94,7 +94,7 @@ def _copy(model: keras.Model, specs) -> keras.Model:
     try:
         copy = keras.models.clone_model(model)
     except Exception:  # Keras raises several types for models it cannot rebuild
-        source = _functional(model, specs)
+        source = functional_model(model, specs)
         try:
             copy = keras.models.clone_model(source)
         except Exception as error:
