@@ -13,11 +13,11 @@ import tensorflow as tf
 from keraslens.attention.intercept import MHA, as_matrices, scoring
 from keraslens.attr.graph import score_graph
 from keraslens.attr.inputs import _input_rank, model_inputs
+from keraslens.attr.targets import as_targets
 from keraslens.capture.data import arrange_inputs, check_inputs, iterate_batches, to_input_tensors
 from keraslens.capture.recorder import running, traced
 from keraslens.capture.traversal import LayerSelector, select, walk
 from keraslens.errors import KeraslensError
-from keraslens.vis.targets import as_targets
 
 
 def attention_layers(
