@@ -209,8 +209,8 @@ class Analysis:
         self.layers = layers
         self.minimal = bool(minimal)
         self.time_limit = time_limit
-        self.lens = Lens(model, layers, **_capture_settings(runs))
-        self._broken = self._validated()
+        self._broken: dict[str, tuple[str, str | None]] = {}
+        self.lens = Lens(model, layers, **self._checked_plugins())
 
     @property
     def needs(self) -> frozenset[str]:
@@ -270,27 +270,38 @@ class Analysis:
         meta = self._meta(data_source, n_samples, subset, seed, batch_size)
         return AnalysisResult(meta=meta, plugins=results, stats=stats)
 
-    def _validated(self) -> dict[str, tuple[str, str | None]]:
-        """Ask each plugin whether its options suit the model (`Plugin.validate`).
+    def _checked_plugins(self) -> dict[str, Any]:
+        """Ask each plugin whether its options suit the model (`Plugin.validate`), and for
+        the capture settings it needs; return those settings, which must agree.
 
-        A `KeraslensError` refuses the analysis; any other error is the plugin's own,
-        returned as plugin name -> (message, traceback) and reported when it would run.
+        A `KeraslensError` refuses the analysis. Any other error is the plugin's own: it is
+        kept in `_broken` and reported when the plugin would run.
         """
-        broken = {}
+        settings: dict[str, Any] = {}
         for run in self.runs:
             if run.info.plugin is None:
                 continue
             plugin, options = run.info.plugin, dict(run.options)
             outcome = contained(
-                lambda plugin=plugin, options=options: plugin.validate(self.model, options),
+                lambda plugin=plugin, options=options: _checked_settings(
+                    plugin, self.model, options
+                ),
                 name=run.name,
                 time_limit=self.time_limit,
             )
             if isinstance(outcome.error, KeraslensError):
                 raise KeraslensError(f"{run.name}: {outcome.error}") from outcome.error
             if outcome.error is not None:
-                broken[run.name] = (f"validate() failed: {outcome.message}", outcome.traceback)
-        return broken
+                self._broken[run.name] = (f"not usable: {outcome.message}", outcome.traceback)
+                continue
+            for key, value in outcome.value.items():
+                if key in settings and settings[key] != value:
+                    raise KeraslensError(
+                        f"Plugins ask for different capture settings {key}={settings[key]!r} "
+                        f"and {value!r}; run them separately."
+                    )
+                settings[key] = value
+        return settings
 
     def _run_one(self, run: PreparedRun, *, stats, sample, labels, seed, minimal) -> PluginRun:
         info = run.info
@@ -431,20 +442,12 @@ def _checked(result: Any, name: str) -> PluginResult:
     return result.checked(name)
 
 
-def _capture_settings(runs: Sequence[PreparedRun]) -> dict[str, Any]:
-    """The Lens settings the prepared plugins ask for, which must agree."""
-    settings: dict[str, Any] = {}
-    for run in runs:
-        if run.info.plugin is None:
-            continue
-        for key, value in run.info.plugin.capture_settings(run.options).items():
-            if key in settings and settings[key] != value:
-                raise KeraslensError(
-                    f"Plugins ask for different capture settings {key}={settings[key]!r} and "
-                    f"{value!r}; run them separately."
-                )
-            settings[key] = value
-    return settings
+def _checked_settings(plugin: Any, model: keras.Model, options: dict[str, Any]) -> dict:
+    plugin.validate(model, options)
+    settings = plugin.capture_settings(options)
+    if not isinstance(settings, Mapping):
+        raise TypeError(f"capture_settings() returned {type(settings).__name__}, not a dict")
+    return dict(settings)
 
 
 def _subsample(data, labels, samples, seed):

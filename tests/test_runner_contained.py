@@ -87,6 +87,13 @@ def test_sys_exit_in_a_plugin_is_its_error_and_the_others_run(hostile):
     assert result.status == "error"
 
 
+def test_sys_exit_in_capture_settings_is_its_error_and_the_others_run(hostile):
+    result = _run(["exits"], options={"exits": {"code": 2, "early": True}})
+
+    assert result.plugins["exits"].error.startswith("not usable: called sys.exit(2)")
+    assert _dead_units_found(result) == list(range(DEAD_UNITS))
+
+
 def test_keyboard_interrupt_in_a_plugin_stops_the_run(hostile):
     with pytest.raises(KeyboardInterrupt):
         _run(["interrupts"])
@@ -159,9 +166,7 @@ def test_plugin_changing_directory_is_changed_back(hostile, tmp_path):
 def test_bug_in_a_plugins_validate_is_its_error_and_the_others_run(hostile):
     result = _run(["validate-breaks"])
 
-    assert result.plugins["validate-breaks"].error.startswith(
-        "validate() failed: ZeroDivisionError"
-    )
+    assert result.plugins["validate-breaks"].error.startswith("not usable: ZeroDivisionError")
     assert _dead_units_found(result) == list(range(DEAD_UNITS))
 
 

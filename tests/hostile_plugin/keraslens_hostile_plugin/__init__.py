@@ -11,11 +11,20 @@ from keraslens.plugin import Finding, Option, Plugin, PluginResult, Table
 
 
 class Exits(Plugin):
-    """Calls `sys.exit(code)` from `analyze`."""
+    """Calls `sys.exit(code)` from `analyze`, or from `capture_settings`."""
 
     name = "exits"
     needs = frozenset()
-    options = {"code": Option(int, 0, "The exit code it asks for.")}
+    options = {
+        "code": Option(int, 0, "The exit code it asks for."),
+        "early": Option(bool, False, "Exit in capture_settings, before any data is read."),
+    }
+
+    @classmethod
+    def capture_settings(cls, options):
+        if options["early"]:
+            sys.exit(options["code"])
+        return {}
 
     def analyze(self, ctx):
         sys.exit(ctx.options["code"])
