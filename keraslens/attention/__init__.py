@@ -15,7 +15,7 @@ from keraslens.attention.maps import (
     rollout,
     token_relevance,
 )
-from keraslens.attention.stats import HeadStats, head_statistics
+from keraslens.attention.stats import HeadStats, batch_sums, head_statistics
 
 __all__ = [
     "AttentionCapture",
@@ -23,6 +23,7 @@ __all__ = [
     "attention",
     "attention_layers",
     "attention_map",
+    "batch_sums",
     "gradient_weighted",
     "head_statistics",
     "patch_heatmap",
