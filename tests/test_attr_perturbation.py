@@ -51,8 +51,10 @@ def images(rng) -> np.ndarray:
     return rng.uniform(0, 1, (3, 6, 6, 2)).astype("float32")
 
 
-def test_occlusion_equals_a_brute_force_loop_over_patches(images):
+@pytest.mark.parametrize("value", [0.25, "mean"])
+def test_occlusion_equals_a_brute_force_loop_over_patches(images, value):
     model = _mlp((6, 6, 2))
+    fill = images.mean(axis=(1, 2), keepdims=True) if value == "mean" else value
     targets = np.array([0, 1, 2])
     rows = np.arange(len(images))
     clean = _numpy_logits(model, images)[rows, targets]
@@ -60,10 +62,13 @@ def test_occlusion_equals_a_brute_force_loop_over_patches(images):
     for top in (0, 3, 4):  # every 3 positions, plus one patch flush with the edge
         for left in (0, 3, 4):
             occluded = images.copy()
-            occluded[:, top : top + 2, left : left + 2, :] = 0.25
+            occluded[:, top : top + 2, left : left + 2, :] = 0
+            occluded[:, top : top + 2, left : left + 2, :] += fill
             drop = clean - _numpy_logits(model, occluded)[rows, targets]
             expected[:, top : top + 2, left : left + 2, :] += drop[:, None, None, None]
-    result = keraslens.attribute(model, images, "occlusion", targets, patch=2, stride=3, value=0.25)
+    result = keraslens.attribute(
+        model, images, "occlusion", targets, patch=2, stride=3, value=value
+    )
     np.testing.assert_allclose(result, expected, rtol=1e-4, atol=1e-5)
 
 
