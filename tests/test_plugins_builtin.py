@@ -12,7 +12,7 @@ import pytest
 
 import keraslens
 from keraslens import registry
-from plugins import _common
+from plugins import activation_stats
 
 BUILTIN = ["activation-stats", "dead-neurons", "saturation"]
 
@@ -111,13 +111,13 @@ def test_figures_of_a_cnn_stay_small():
 
 
 def test_per_layer_figures_are_capped_and_the_overview_says_so(monkeypatch):
-    monkeypatch.setattr(_common, "MAX_LAYER_FIGURES", 1)
+    monkeypatch.setattr(activation_stats, "LAYER_FIGURES", 1)
 
     result = keraslens.analyze(_model(), _data((64, 8)), plugins=["activation-stats"])
 
     overview, *per_layer = result.plugins["activation-stats"].result.figures
     assert [figure.layer for figure in per_layer] == ["hidden"]
-    assert "first 1 of 2 layers" in overview.caption
+    assert "the 1 of 2 layers with the most non-finite, then the most zero" in overview.caption
 
 
 @pytest.mark.parametrize(
