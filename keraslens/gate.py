@@ -2,7 +2,8 @@
 
 A rule is `plugin.key OP limit` with OP one of `>`, `>=`, `<`, `<=`. `plugin.key`
 names a per-layer value of the JSON result (`plugins[plugin]["layers"][layer][key]`,
-each layer checked) or a top-level number (`plugins[plugin][key]`). A limit with an
+each layer checked), a top-level number (`plugins[plugin][key]`), or a dotted path to
+one (`heatmaps.metrics.gradcam.mufidelity`, a metric's mean). A limit with an
 explicit sign (`>+0.05`, `<-0.1`) is relative: it compares the change since the
 baseline (the JSON twin of an accepted run). Write an absolute negative limit in
 parentheses: `activation-stats.mean<(-5)`.
@@ -30,7 +31,7 @@ EXIT_INTERNAL = 4
 
 _OPERATORS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 _RULE_RE = re.compile(
-    r"^\s*(?P<plugin>[a-z][a-z0-9-]*)\.(?P<key>[A-Za-z_]\w*)\s*(?P<op>>=|<=|>|<)\s*"
+    r"^\s*(?P<plugin>[a-z][a-z0-9-]*)\.(?P<key>[A-Za-z_][\w.+-]*?)\s*(?P<op>>=|<=|>|<)\s*"
     r"(?:(?P<sign>[+-])(?P<delta>\d+(?:\.\d*)?(?:e[+-]?\d+)?)"
     r"|(?P<open>\()?(?P<limit>-?\d+(?:\.\d*)?(?:e[+-]?\d+)?)(?(open)\)))\s*$",
     re.IGNORECASE,
@@ -241,14 +242,26 @@ def _values(result: Mapping[str, Any] | None, rule: Rule, what: str) -> dict | N
             for layer, values in layers.items()
             if isinstance(values, Mapping) and _is_number(values.get(rule.key))
         }
-    if not found and _is_number(entry.get(rule.key)):
-        found = {None: float(entry[rule.key])}
+    value = _at_path(entry, rule.key)
+    if not found and _is_number(value):
+        found = {None: float(value)}
     if not found:
         raise KeraslensError(
             f"--fail-on {rule.text!r}: {rule.plugin} reports no number {rule.key!r} "
             f"(per layer or overall) in {what}; it reports: {', '.join(_keys(entry))}."
         )
     return found
+
+
+def _at_path(entry: Mapping[str, Any], key: str) -> Any:
+    """`entry[key]`, or for a dotted key (`metrics.gradcam++.mufidelity`) the value down that
+    path; a metric's summary (a dict with a `mean`) stands for its mean."""
+    value: Any = entry
+    for part in key.split(".") if "." in key else [key]:
+        value = value.get(part) if isinstance(value, Mapping) else None
+    if isinstance(value, Mapping) and "mean" in value:
+        value = value["mean"]
+    return value
 
 
 def _keys(entry: Mapping[str, Any]) -> list[str]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure as MplFigure
 
 from keraslens.attr.compat import check_path, input_shape_of, parse_output
 from keraslens.attr.layers import (
@@ -14,10 +16,17 @@ from keraslens.attr.layers import (
     layer_shapes,
 )
 from keraslens.errors import KeraslensError
+from keraslens.metrics import METRICS, best_method, evaluate, verdict
+from keraslens.metrics.randomisation import weighted_layers
 from keraslens.plugin import AnalysisContext, Figure, Finding, Option, Plugin, PluginResult, Table
 from keraslens.vis.figures import heatmap_grid
 from keraslens.vis.heatmap import METHODS, explain
-from keraslens.vis.sanity import deletion_insertion, randomization_test
+from keraslens.vis.sanity import randomization_test
+
+CASCADE_LAYERS = 24
+"""Layers with weights up to which `metrics=auto` adds cascading randomisation (one fresh
+attribution per layer and method)."""
+AUTO_METRICS = ("deletion", "insertion", "mufidelity", "sparseness", "complexity")
 
 UPSAMPLED = 4
 """A map upsampled this many times or more from under 7 positions is called coarse."""
@@ -78,6 +87,13 @@ class Heatmaps(Plugin):
             max=1.0,
         ),
         "faithfulness_steps": Option(int, 16, "Deletion / insertion steps.", min=1, max=256),
+        "metrics": Option(
+            list,
+            ["auto"],
+            "Explanation metrics per method; auto: the cheap ones, plus cascading "
+            f"randomisation on models of at most {CASCADE_LAYERS} layers with weights.",
+            choices=("auto", *METRICS),
+        ),
     }
 
     @classmethod
@@ -133,7 +149,7 @@ class Heatmaps(Plugin):
             try:
                 if uses_layer and np.issubdtype(x.dtype, np.integer) and not ctx.options["layer"]:
                     raise KeraslensError("class activation maps need positions; tokens have none.")
-                report, explanation = self._assess(
+                report, explanation, scores = self._assess(
                     ctx,
                     x,
                     method,
@@ -147,12 +163,22 @@ class Heatmaps(Plugin):
                 result.findings.append(_skip_finding(method, str(error)))
                 continue
             result.data["methods"][method] = report
+            result.data.setdefault("metrics", {})[method] = scores
             maps[METHODS[method].title] = explanation.maps
             if prediction is None:
                 prediction = explanation
             result.findings += _sanity_findings(method, report, options["similarity_threshold"])
         suffix = "" if output is None else f" (output {output})"
         result.tables.append(_table(result.data["methods"], suffix))
+        metrics = result.data.get("metrics", {})
+        assessed = {m: v for m, v in metrics.items() if "error" not in v}
+        if assessed:
+            best = best_method(assessed)
+            result.data["best_method"] = best
+            result.tables.append(_metrics_table(assessed, result.data["methods"], best, suffix))
+            curves = _cascading_figure(assessed, suffix)
+            if curves is not None and not ctx.minimal:
+                result.figures.append(curves)
         if prediction is not None:
             result.data.update(
                 predicted=prediction.predicted, scores=prediction.scores, targets=prediction.targets
@@ -184,26 +210,40 @@ class Heatmaps(Plugin):
             trustworthy, nonfinite = test.passes(options["similarity_threshold"]), test.nonfinite
         else:
             explanation = explain(ctx.model, x, method, targets, layer, output=output, **settings)
-        faithfulness = None
-        if not np.issubdtype(x.dtype, np.integer):
-            faithfulness = deletion_insertion(
-                ctx.model,
-                x,
-                np.nan_to_num(explanation.maps),
-                explanation.targets,
-                output=output,
-                steps=options["faithfulness_steps"],
-            )
+        scores = self._metrics(ctx, x, method, explanation, layer, output, settings)
+        mean = {name: entry.get("mean") for name, entry in scores.items()}
         report = {
             "options": explanation.settings,
             "flat_maps": int(np.sum(np.ptp(explanation.maps.reshape(len(x), -1), axis=1) == 0)),
             "nonfinite_maps": nonfinite,
             "rank_correlation": correlation,
             "trustworthy": trustworthy,
-            "deletion_auc": None if faithfulness is None else float(faithfulness.deletion.mean()),
-            "insertion_auc": None if faithfulness is None else float(faithfulness.insertion.mean()),
+            "deletion_auc": mean.get("deletion"),
+            "insertion_auc": mean.get("insertion"),
+            "verdict": verdict(scores) if scores else "not assessed",
         }
-        return report, explanation
+        return report, explanation, scores
+
+    def _metrics(self, ctx, x, method, explanation, layer, output, settings) -> dict[str, Any]:
+        """`keraslens.evaluate` of the method on the shown samples, for the same targets."""
+        chosen = resolve_metrics(ctx.model, ctx.options["metrics"])
+        steps = ctx.options["faithfulness_steps"]
+        per_metric = {
+            name: {"steps": steps} if "steps" in METRICS[name].options else {} for name in chosen
+        }
+        try:
+            return evaluate(
+                ctx.model,
+                x,
+                method,
+                per_metric,
+                explanation.targets,
+                output=output,
+                layer=layer,
+                **settings,
+            )
+        except KeraslensError as error:
+            return {"error": {"mean": None, "message": str(error)}}
 
 
 def method_options(items: list[str]) -> dict[str, dict[str, Any]]:
@@ -227,8 +267,20 @@ def method_options(items: list[str]) -> dict[str, dict[str, Any]]:
                 f"heatmaps.method_options: {METHODS[method].title} has no option {name!r}; its "
                 f"options: {', '.join(declared) or 'none'}."
             )
-        parsed.setdefault(method, {})[name] = declared[name].parse(name, value)
+        option = declared[name]
+        parsed.setdefault(method, {})[name] = (
+            _literal(value) if option.type is object else option.parse(name, value)
+        )
     return parsed
+
+
+def _literal(text: str) -> Any:
+    """A free-form option from the command line: a JSON number or list (`4`, `[4, 2]`),
+    else the text itself (`mean`)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
 
 
 def _outputs(model, output) -> list:
@@ -271,6 +323,61 @@ def _resolution_findings(model, x, layer) -> list[Finding]:
             fix=f"Set heatmaps.layer={finer!r} for a finer map.",
         )
     ]
+
+
+def resolve_metrics(model: Any, chosen: list[str]) -> list[str]:
+    """The metrics `chosen` names; "auto" is `AUTO_METRICS`, with cascading randomisation
+    on a model of at most `CASCADE_LAYERS` layers with weights."""
+    if "auto" not in chosen:
+        return list(chosen)
+    extra = [m for m in chosen if m != "auto"]
+    cheap = len(weighted_layers(model)) <= CASCADE_LAYERS
+    automatic = [*AUTO_METRICS, *(["randomisation"] if cheap else [])]
+    return list(dict.fromkeys(automatic + extra))
+
+
+def _metrics_table(by_method, reports, best: str | None, suffix: str) -> Table:
+    names = list(dict.fromkeys(name for scores in by_method.values() for name in scores))
+    rows = []
+    for method, scores in by_method.items():
+        rows.append(
+            [METHODS[method].title, reports[method]["verdict"]]
+            + [scores.get(name, {}).get("mean") for name in names]
+        )
+    title = f"Explanation metrics{suffix}: 95% intervals in the JSON twin"
+    if best is not None:
+        title += f"; the method to trust most for this model: {METHODS[best].title}"
+    return Table(
+        title=title,
+        columns=["method", "verdict"]
+        + [f"{name} ({METRICS[name].better} is better)" for name in names],
+        rows=rows,
+    )
+
+
+def _cascading_figure(by_method, suffix: str) -> Figure | None:
+    curves = {
+        m: scores["randomisation"]["cascading"]
+        for m, scores in by_method.items()
+        if "randomisation" in scores and "cascading" in scores["randomisation"]
+    }
+    if not curves:
+        return None
+    figure = MplFigure(figsize=(6, 3.2))
+    axes = figure.subplots()
+    for method, curve in curves.items():
+        axes.plot(np.arange(1, len(curve["mean"]) + 1), curve["mean"], label=METHODS[method].title)
+    axes.set_xlabel("layers randomised, from the output down")
+    axes.set_ylabel("rank correlation with the trained maps")
+    axes.set_ylim(-1, 1)
+    axes.legend(fontsize=7)
+    return Figure.from_matplotlib(
+        figure,
+        title="Cascading randomisation" + suffix,
+        caption="Maps that stay correlated as the weights are randomised explain the input, "
+        "not the model (Adebayo et al., 2018).",
+        dpi=72,
+    )
 
 
 def _class_count(model: Any, output: int | str | None) -> int | None:

@@ -76,3 +76,23 @@ def test_a_gate_failed_by_a_rule_alone_does_not_print_pass(files):
         "FAIL: 1 rule crossed, 0 errors, 0 warnings, 0 plugin errors"
     )
     assert "PASS" not in out.output
+
+
+def _metrics_twin(mufidelity: float) -> dict:
+    summary = {"mean": mufidelity, "low": mufidelity - 0.1, "high": mufidelity + 0.1}
+    return {"plugins": {"heatmaps": {"metrics": {"gradcam++": {"mufidelity": summary}}}}}
+
+
+def test_a_dotted_rule_reads_a_metric_mean_and_gates_against_a_baseline_model():
+    rule = gate.Rule.parse("heatmaps.metrics.gradcam++.mufidelity<0.1")
+    assert gate.evaluate([rule], _metrics_twin(0.3)) == []
+    assert [v.value for v in gate.evaluate([rule], _metrics_twin(0.05))] == [0.05]
+    worse = gate.Rule.parse("heatmaps.metrics.gradcam++.mufidelity<-0.2")
+    violations = gate.evaluate([worse], _metrics_twin(0.3), baseline=_metrics_twin(0.6))
+    assert len(violations) == 1 and violations[0].baseline == 0.6
+
+
+def test_a_dotted_rule_on_a_missing_method_names_what_is_reported():
+    rule = gate.Rule.parse("heatmaps.metrics.saliency.mufidelity<0.1")
+    with pytest.raises(KeraslensError, match="reports no number"):
+        gate.evaluate([rule], _metrics_twin(0.3))

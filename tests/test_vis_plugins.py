@@ -70,7 +70,22 @@ def test_heatmaps_show_a_few_samples_per_class_with_every_check(images):
         "Saliency",
         "Guided backprop",
     ]
-    assert len(result.figures) == 1 and result.figures[0].png.startswith(b"\x89PNG")
+    assert sorted(f.title for f in result.figures) == ["Cascading randomisation", "Heatmaps"]
+    assert all(f.png.startswith(b"\x89PNG") for f in result.figures)
+    gradcam = result.data["metrics"]["gradcam"]
+    assert {"deletion", "insertion", "mufidelity", "randomisation"} <= set(gradcam)
+    assert (
+        gradcam["mufidelity"]["low"]
+        <= gradcam["mufidelity"]["mean"]
+        <= gradcam["mufidelity"]["high"]
+    )
+    assert len(gradcam["mufidelity"]["per_sample"]) == 6
+    assert result.data["best_method"] in DEFAULT_METHODS
+    assert result.data["methods"]["guided-backprop"]["verdict"] in (
+        "fails randomisation",
+        "weak on faithfulness",
+        "trust",
+    )
 
 
 def test_heatmaps_skip_cam_on_a_dense_model_with_the_reason():
@@ -251,3 +266,10 @@ def test_a_method_whose_maps_are_not_finite_never_passes_the_randomisation_test(
     x = np.random.default_rng(0).random((3, 10, 10, 1), dtype=np.float32)
     test = randomization_test(_conv_model(), x, Overflowing())
     assert test.nonfinite == 3 and not test.passes(1.0)
+
+
+def test_free_form_method_options_from_the_command_line_are_read_as_numbers_or_text():
+    from plugins.heatmaps import method_options
+
+    parsed = method_options(["occlusion.patch=[2, 3]", "occlusion.value=mean", "rise.masks=50"])
+    assert parsed == {"occlusion": {"patch": [2, 3], "value": "mean"}, "rise": {"masks": 50}}

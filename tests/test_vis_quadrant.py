@@ -8,9 +8,10 @@ import keras
 import numpy as np
 import pytest
 
+import keraslens
 from keraslens.attr import AttributionMethod
 from keraslens.vis import explain, heatmap
-from keraslens.vis.sanity import SIMILARITY_THRESHOLD, deletion_insertion, randomization_test
+from keraslens.vis.sanity import SIMILARITY_THRESHOLD, randomization_test
 
 pytestmark = pytest.mark.slow
 
@@ -109,10 +110,11 @@ def test_gradcam_beats_random_maps_on_deletion_and_insertion(planted):
     model, x, y = planted
     gradcam = explain(model, x[:12], "gradcam", targets=y[:12]).maps
     noise = np.random.default_rng(3).random(gradcam.shape)
-    ours = deletion_insertion(model, x[:12], gradcam, y[:12])
-    chance = deletion_insertion(model, x[:12], noise, y[:12])
-    assert ours.deletion.mean() < chance.deletion.mean() - 0.1
-    assert ours.insertion.mean() > chance.insertion.mean() + 0.1
+    metrics = ["deletion", "insertion"]
+    ours = keraslens.evaluate(model, x[:12], gradcam, metrics, y[:12])
+    chance = keraslens.evaluate(model, x[:12], noise, metrics, y[:12])
+    assert ours["deletion"]["mean"] < chance["deletion"]["mean"] - 0.1
+    assert ours["insertion"]["mean"] > chance["insertion"]["mean"] + 0.1
 
 
 def test_deletion_of_everything_ends_at_the_blank_image_score(planted):
@@ -120,5 +122,7 @@ def test_deletion_of_everything_ends_at_the_blank_image_score(planted):
     maps = heatmap(model, x[:3], "gradcam", targets=y[:3])
     probability = model.predict(np.zeros_like(x[:3]), verbose=0)[np.arange(3), y[:3]]
     full = model.predict(x[:3], verbose=0)[np.arange(3), y[:3]]
-    one_step = deletion_insertion(model, x[:3], maps, y[:3], steps=1)
-    np.testing.assert_allclose(one_step.deletion, (full + probability) / 2, rtol=1e-5)
+    one_step = keraslens.evaluate(model, x[:3], maps, {"deletion": {"steps": 1}}, y[:3])
+    np.testing.assert_allclose(
+        one_step["deletion"]["per_sample"], (full + probability) / 2, rtol=1e-5
+    )

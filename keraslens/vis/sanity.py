@@ -1,4 +1,8 @@
-"""Is a heatmap worth trusting? The randomisation test and deletion / insertion AUC."""
+"""Is a heatmap worth trusting? The model-parameter randomisation test on its maps.
+
+The other explanation metrics (deletion, insertion, MuFidelity, ...) are in
+`keraslens.metrics`.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,11 @@ from typing import Any
 
 import keras
 import numpy as np
-from scipy.ndimage import gaussian_filter
 from scipy.stats import spearmanr
 
-from keraslens.attr.compat import build_graph, input_shape_of
 from keraslens.attr.graph import InputSpec, functional_model
 from keraslens.attr.inputs import model_inputs
 from keraslens.attr.method import AttributionMethod
-from keraslens.attr.targets import as_targets
 from keraslens.errors import KeraslensError
 from keraslens.vis.heatmap import Explanation, explain
 
@@ -134,84 +135,3 @@ def randomization_test(
 
 def _is_flat(maps: np.ndarray) -> np.ndarray:
     return np.ptp(maps.reshape(len(maps), -1), axis=1) == 0
-
-
-@dataclass(frozen=True)
-class Faithfulness:
-    """Deletion and insertion AUC per sample (Petsiuk et al., 2018, RISE).
-
-    Args:
-        deletion: area under the target probability as the most salient pixels are removed
-            first; lower is better.
-        insertion: area under it as they are inserted first into a blurred image; higher
-            is better.
-    """
-
-    deletion: np.ndarray
-    insertion: np.ndarray
-
-
-def deletion_insertion(
-    model: keras.Model,
-    x: np.ndarray,
-    maps: np.ndarray,
-    targets: Any,
-    *,
-    output: int | str | None = None,
-    steps: int = 16,
-    batch_size: int = 64,
-) -> Faithfulness:
-    """Deletion / insertion AUC of `maps` for the `targets` classes.
-
-    Removed pixels become 0 (black, as in the paper); insertion starts from the input
-    blurred by a Gaussian of sigma = size / 32 (a flat input starts from zeros). The model
-    takes `(steps + 1) * 2` inputs per sample.
-    """
-    x = np.asarray(x, dtype=np.float32)
-    maps = np.asarray(maps)
-    if maps.shape != x.shape[: maps.ndim]:
-        raise KeraslensError(
-            f"maps of shape {maps.shape} do not match inputs of shape {x.shape}; pass the "
-            "maps heatmap() returned for these inputs."
-        )
-    graph = build_graph(model, input_shape_of(model, x), output)
-    score_model = graph.score_model()
-    targets = as_targets(targets, len(x), graph.logits.shape[-1])
-    curves = []
-    # Deletion paints zeros over x, most salient positions first; insertion paints x over
-    # its blurred copy in the same order.
-    for source, canvas in ((np.zeros_like(x), x), (x, _blurred(x))):
-        painted = _paint(source, canvas, maps, steps).reshape(-1, *x.shape[1:])
-        logits = np.concatenate(
-            [score_model([painted[i : i + batch_size]]) for i in range(0, len(painted), batch_size)]
-        )
-        probabilities = np.asarray(graph.to_probability(logits)).reshape(len(x), steps + 1, -1)
-        curves.append(probabilities[np.arange(len(x)), :, targets])
-    deletion, insertion = (_auc(curve) for curve in curves)
-    return Faithfulness(deletion=deletion, insertion=insertion)
-
-
-def _paint(source: np.ndarray, canvas: np.ndarray, maps: np.ndarray, steps: int) -> np.ndarray:
-    """`(N, steps + 1, ...)`: `canvas` with its k/steps most salient positions from `source`."""
-    positions = maps.reshape(len(maps), -1)
-    order = np.argsort(-positions, axis=1, kind="stable")
-    rank = np.empty_like(order)
-    np.put_along_axis(rank, order, np.arange(positions.shape[1])[None, :], axis=1)
-    counts = np.round(np.linspace(0, positions.shape[1], steps + 1)).astype(int)
-    painted = rank[:, None, :] < counts[None, :, None]
-    painted = painted.reshape(len(maps), steps + 1, *maps.shape[1:])
-    painted = painted.reshape(painted.shape + (1,) * (canvas.ndim - maps.ndim))
-    return np.where(painted, source[:, None], canvas[:, None])
-
-
-def _blurred(x: np.ndarray) -> np.ndarray:
-    if x.ndim != 4:
-        return np.zeros_like(x)
-    sigma = max(1.0, max(x.shape[1:3]) / 32)
-    return gaussian_filter(x, sigma=(0, sigma, sigma, 0))
-
-
-def _auc(curve: np.ndarray) -> np.ndarray:
-    """Trapezoidal area under curves sampled at equal steps over [0, 1]."""
-    steps = curve.shape[1] - 1
-    return (curve.sum(axis=1) - (curve[:, 0] + curve[:, -1]) / 2) / steps
