@@ -230,6 +230,11 @@ def analysis_options(command: Callable) -> Callable:
             "trained on 0..1.",
         ),
         click.option(
+            "--vocab",
+            type=click.Path(),
+            help="Token model: a text file, line i the token of id i (sets heatmaps.vocab).",
+        ),
+        click.option(
             "--json",
             "json_path",
             type=click.Path(),
@@ -395,6 +400,7 @@ def _check_paths(
     labels: str | None,
     config_path: str | None,
     imports: tuple[str, ...],
+    vocab: str | None = None,
     **_: Any,
 ) -> dict[str, paths.Output]:
     """The outputs with their absolute targets, after checking every input and output
@@ -407,6 +413,7 @@ def _check_paths(
         "--config": [Path(config_path)] if config_path else [],
         "--baseline": [Path(baseline)] if baseline else [],
         "--import": [f for f in map(paths.module_file, imports) if f is not None],
+        "--vocab": [Path(vocab)] if vocab else [],
     }
     return paths.check_outputs(outputs, inputs)
 
@@ -425,9 +432,13 @@ def _run(
     strategy: str | None,
     time_limit: float | None,
     rules: list[gate.Rule] | None = None,
+    vocab: str | None = None,
     **flags: Any,
 ) -> AnalysisResult:
     """Check every setting and rule, load model and data, and analyse."""
+    if vocab:
+        paths.existing(vocab, "Vocabulary")
+        option_items = (*option_items, f"heatmaps.vocab={os.path.abspath(vocab)}")
     settings = config.settings(
         config.read_config(config_path) if config_path else None,
         options=config.parse_options(option_items),

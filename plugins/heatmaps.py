@@ -22,6 +22,7 @@ from keraslens.plugin import AnalysisContext, Figure, Finding, Option, Plugin, P
 from keraslens.vis.figures import heatmap_grid
 from keraslens.vis.heatmap import METHODS, explain
 from keraslens.vis.sanity import randomization_test
+from keraslens.vis.tokens import token_figure, token_text
 
 CASCADE_LAYERS = 24
 """Layers with weights up to which `metrics=auto` adds cascading randomisation (one fresh
@@ -87,6 +88,7 @@ class Heatmaps(Plugin):
             max=1.0,
         ),
         "faithfulness_steps": Option(int, 16, "Deletion / insertion steps.", min=1, max=256),
+        "vocab": Option(str, "", "Token model: a text file, line i the token of id i."),
         "metrics": Option(
             list,
             ["auto"],
@@ -186,7 +188,10 @@ class Heatmaps(Plugin):
             if not ctx.minimal and not np.issubdtype(x.dtype, np.integer):
                 result.figures.append(_grid(x, maps, prediction, labels, shown, layer, suffix))
             elif np.issubdtype(x.dtype, np.integer):
-                result.tables.append(_token_table(x, maps, prediction, suffix))
+                vocabulary = read_vocabulary(options["vocab"])
+                result.tables.append(_token_table(x, maps, prediction, vocabulary, suffix))
+                if not ctx.minimal:
+                    result.figures.append(_token_figure(x, maps, prediction, vocabulary, suffix))
         return result
 
     def _assess(self, ctx, x, method, targets, layer, output, overrides) -> tuple[dict, Any]:
@@ -528,18 +533,50 @@ def _table(methods: dict[str, dict[str, Any]], suffix: str = "") -> Table:
     )
 
 
-def _token_table(x, maps, prediction, suffix: str) -> Table:
+def read_vocabulary(path: str) -> list[str] | None:
+    """The token of each id, one per line of `path` (None for no file).
+
+    Raises:
+        KeraslensError: when the file cannot be read.
+    """
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8", errors="replace") as file:
+            return file.read().splitlines()
+    except OSError as error:
+        raise KeraslensError(
+            f"heatmaps.vocab: cannot read {path!r} ({error.strerror}); give a text file "
+            "with one token per line."
+        ) from None
+
+
+def _token_table(x, maps, prediction, vocabulary, suffix: str) -> Table:
     """Per shown sample, its tokens by decreasing attribution (the first method's map)."""
     title, values = next(iter(maps.items()))
     rows = []
-    for row, (tokens, weights) in enumerate(zip(x, values, strict=True)):
+    for row, (ids, weights) in enumerate(zip(x, values, strict=True)):
         order = np.argsort(-weights, kind="stable")[:5]
-        top = ", ".join(f"#{int(i)} id {int(tokens[i])} ({weights[i]:.2f})" for i in order)
+        words = token_text(ids[order], vocabulary)
+        top = ", ".join(
+            f"{word} @{int(i)} ({weights[i]:.2f})" for word, i in zip(words, order, strict=True)
+        )
         rows.append([row, int(prediction.predicted[row]), top])
     return Table(
-        title=f"Deciding tokens{suffix}: {title}, strongest first (position, token id, weight)",
+        title=f"Deciding tokens{suffix}: {title}, strongest first (token @position (weight))",
         columns=["sample", "predicted", "top tokens"],
         rows=rows,
+    )
+
+
+def _token_figure(x, maps, prediction, vocabulary, suffix: str) -> Figure:
+    title, values = next(iter(maps.items()))
+    labels = [f"sample {i}: predicted {int(p)}" for i, p in enumerate(prediction.predicted)]
+    return Figure.from_matplotlib(
+        token_figure([token_text(ids, vocabulary) for ids in x], values, labels),
+        title="Tokens" + suffix,
+        caption=f"{title}, per token, normalised per sample (white 0, red 1).",
+        dpi=72,
     )
 
 
