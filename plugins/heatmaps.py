@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure as MplFigure
 
 from keraslens.attr.compat import check_path, input_shape_of, parse_output
+from keraslens.attr.inputs import model_inputs
 from keraslens.attr.layers import (
     FINE_POSITIONS,
     finer_spatial_layer,
@@ -117,31 +119,39 @@ class Heatmaps(Plugin):
             )
 
     def analyze(self, ctx: AnalysisContext) -> PluginResult:
-        if not isinstance(ctx.sample, np.ndarray):
-            return _skipped_all("the model takes several inputs; heatmaps explain one input.")
         options = ctx.options
+        specs, arrays = model_inputs(ctx.model, ctx.sample)
         labels = _class_labels(ctx.labels)
-        shown = _pick_samples(labels, len(ctx.sample), options["per_class"], options["max_samples"])
-        x = ctx.sample[shown]
+        shown = _pick_samples(labels, len(arrays[0]), options["per_class"], options["max_samples"])
+        sample = [a[shown] for a in arrays]
         outputs = _outputs(ctx.model, parse_output(options["output"]))
-        tokens = np.issubdtype(x.dtype, np.integer)
-        layer = options["layer"] or (None if tokens else _default_layer(ctx.model, x))
         targets = _targets(options, None if labels is None else labels[shown])
-        result = PluginResult(data={"layer": layer, "samples": shown})
-        if layer and not tokens:
-            result.findings += _resolution_findings(ctx.model, x, layer)
-        for output in outputs:
-            part = self._explain_output(ctx, x, output, targets, layer, labels, shown)
-            if len(outputs) == 1:
-                result.data.update(part.data)
-            else:
-                result.data.setdefault("outputs", {})[str(output)] = part.data
-            result.findings += part.findings
-            result.tables += part.tables
-            result.figures += part.figures
+        result = PluginResult(data={"samples": shown})
+        explained = [None] if len(specs) == 1 else [s.key for s in specs]
+        for index, key in enumerate(explained):
+            x = sample[index]
+            tokens = np.issubdtype(x.dtype, np.integer)
+            layer = options["layer"] or None
+            if layer is None and key is None and not tokens:
+                layer = _default_layer(ctx.model, x)
+            if layer and key is None and not tokens:
+                result.findings += _resolution_findings(ctx.model, x, layer)
+            data = result.data if key is None else result.data.setdefault("inputs", {})
+            data = data if key is None else data.setdefault(key, {})
+            data["layer"] = layer
+            for output in outputs:
+                where = Explained(sample if key is not None else x, x, key, output, layer, tokens)
+                part = self._explain_output(ctx, where, targets, labels, shown)
+                if len(outputs) == 1:
+                    data.update(part.data)
+                else:
+                    data.setdefault("outputs", {})[str(output)] = part.data
+                result.findings += part.findings
+                result.tables += part.tables
+                result.figures += part.figures
         return result
 
-    def _explain_output(self, ctx, x, output, targets, layer, labels, shown) -> PluginResult:
+    def _explain_output(self, ctx, where: Explained, targets, labels, shown) -> PluginResult:
         options = ctx.options
         per_method = method_options(options["method_options"])
         result = PluginResult(data={"methods": {}})
@@ -149,16 +159,10 @@ class Heatmaps(Plugin):
         for method in options["methods"]:
             uses_layer = METHODS[method].uses_layer
             try:
-                if uses_layer and np.issubdtype(x.dtype, np.integer) and not ctx.options["layer"]:
-                    raise KeraslensError("class activation maps need positions; tokens have none.")
+                if uses_layer and where.layer is None and (where.tokens or where.input):
+                    raise KeraslensError(_no_cam_layer(where))
                 report, explanation, scores = self._assess(
-                    ctx,
-                    x,
-                    method,
-                    targets,
-                    layer if uses_layer else None,
-                    output,
-                    per_method.get(method, {}),
+                    ctx, where, method, targets, per_method.get(method, {})
                 )
             except KeraslensError as error:
                 result.data["methods"][method] = {"skipped": str(error)}
@@ -170,7 +174,7 @@ class Heatmaps(Plugin):
             if prediction is None:
                 prediction = explanation
             result.findings += _sanity_findings(method, report, options["similarity_threshold"])
-        suffix = "" if output is None else f" (output {output})"
+        suffix = where.suffix
         result.tables.append(_table(result.data["methods"], suffix))
         metrics = result.data.get("metrics", {})
         assessed = {m: v for m, v in metrics.items() if "error" not in v}
@@ -185,41 +189,41 @@ class Heatmaps(Plugin):
             result.data.update(
                 predicted=prediction.predicted, scores=prediction.scores, targets=prediction.targets
             )
-            if not ctx.minimal and not np.issubdtype(x.dtype, np.integer):
-                result.figures.append(_grid(x, maps, prediction, labels, shown, layer, suffix))
-            elif np.issubdtype(x.dtype, np.integer):
+            x = where.array
+            if not ctx.minimal and not where.tokens:
+                result.figures.append(
+                    _grid(x, maps, prediction, labels, shown, where.layer, suffix)
+                )
+            elif where.tokens:
                 vocabulary = read_vocabulary(options["vocab"])
                 result.tables.append(_token_table(x, maps, prediction, vocabulary, suffix))
                 if not ctx.minimal:
                     result.figures.append(_token_figure(x, maps, prediction, vocabulary, suffix))
         return result
 
-    def _assess(self, ctx, x, method, targets, layer, output, overrides) -> tuple[dict, Any]:
+    def _assess(self, ctx, where: Explained, method, targets, overrides) -> tuple:
         options = ctx.options
         settings = {"seed": ctx.seed} if "seed" in METHODS[method].options else {}
         settings.update(overrides)
+        layer = where.layer if METHODS[method].uses_layer else None
+        common = {"output": where.output, "input": where.input, **settings}
         correlation = trustworthy = None
         nonfinite = 0
         if options["sanity_check"]:
             test = randomization_test(
-                ctx.model,
-                x,
-                method,
-                targets,
-                layer,
-                output=output,
-                weights_seed=ctx.seed,
-                **settings,
+                ctx.model, where.x, method, targets, layer, weights_seed=ctx.seed, **common
             )
             explanation, correlation = test.trained, test.mean_correlation
             trustworthy, nonfinite = test.passes(options["similarity_threshold"]), test.nonfinite
         else:
-            explanation = explain(ctx.model, x, method, targets, layer, output=output, **settings)
-        scores = self._metrics(ctx, x, method, explanation, layer, output, settings)
+            explanation = explain(ctx.model, where.x, method, targets, layer, **common)
+        scores = self._metrics(ctx, where, method, explanation, layer, settings)
         mean = {name: entry.get("mean") for name, entry in scores.items()}
         report = {
             "options": explanation.settings,
-            "flat_maps": int(np.sum(np.ptp(explanation.maps.reshape(len(x), -1), axis=1) == 0)),
+            "flat_maps": int(
+                np.sum(np.ptp(explanation.maps.reshape(len(explanation.maps), -1), axis=1) == 0)
+            ),
             "nonfinite_maps": nonfinite,
             "rank_correlation": correlation,
             "trustworthy": trustworthy,
@@ -229,7 +233,7 @@ class Heatmaps(Plugin):
         }
         return report, explanation, scores
 
-    def _metrics(self, ctx, x, method, explanation, layer, output, settings) -> dict[str, Any]:
+    def _metrics(self, ctx, where, method, explanation, layer, settings) -> dict[str, Any]:
         """`keraslens.evaluate` of the method on the shown samples, for the same targets."""
         chosen = resolve_metrics(ctx.model, ctx.options["metrics"])
         steps = ctx.options["faithfulness_steps"]
@@ -239,11 +243,12 @@ class Heatmaps(Plugin):
         try:
             return evaluate(
                 ctx.model,
-                x,
+                where.x,
                 method,
                 per_metric,
                 explanation.targets,
-                output=output,
+                output=where.output,
+                input=where.input,
                 layer=layer,
                 **settings,
             )
@@ -328,6 +333,35 @@ def _resolution_findings(model, x, layer) -> list[Finding]:
             fix=f"Set heatmaps.layer={finer!r} for a finer map.",
         )
     ]
+
+
+@dataclass(frozen=True)
+class Explained:
+    """What one pass of the plugin explains: the samples (all inputs), the explained
+    input's array and key (None for a one-input model), the output and the CAM layer."""
+
+    x: Any
+    array: np.ndarray
+    input: str | None
+    output: int | str | None
+    layer: str | None
+    tokens: bool
+
+    @property
+    def suffix(self) -> str:
+        """How tables and figures name this pass."""
+        parts = [f"input {self.input}"] * (self.input is not None)
+        parts += [f"output {self.output}"] * (self.output is not None)
+        return f" ({', '.join(parts)})" if parts else ""
+
+
+def _no_cam_layer(where: Explained) -> str:
+    if where.tokens:
+        return "class activation maps need positions; tokens have none."
+    return (
+        f"which layer belongs to input {where.input!r} is not known; name its CAM layer with "
+        "heatmaps.layer."
+    )
 
 
 def resolve_metrics(model: Any, chosen: list[str]) -> list[str]:

@@ -273,3 +273,26 @@ def test_free_form_method_options_from_the_command_line_are_read_as_numbers_or_t
 
     parsed = method_options(["occlusion.patch=[2, 3]", "occlusion.value=mean", "rise.masks=50"])
     assert parsed == {"occlusion": {"patch": [2, 3], "value": "mean"}, "rise": {"masks": 50}}
+
+
+def test_heatmaps_explain_each_input_of_a_multi_input_model_given_as_a_dict():
+    keras.utils.set_random_seed(0)
+    image = keras.Input((8, 8, 1), name="image")
+    table = keras.Input((3,), name="table")
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3, name="conv")(image))
+    joined = keras.layers.Concatenate()([pooled, keras.layers.Dense(4)(table)])
+    model = keras.Model([image, table], keras.layers.Dense(2, activation="softmax")(joined))
+    rng = np.random.default_rng(0)
+    x = {
+        "table": rng.random((6, 3), dtype=np.float32),
+        "image": rng.random((6, 8, 8, 1), dtype=np.float32),
+    }
+    ctx = _context(
+        Heatmaps, model, x, methods=["gradcam", "integrated-gradients"], sanity_check=False
+    )
+    result = Heatmaps().analyze(ctx)
+    inputs = result.data["inputs"]
+    assert set(inputs) == {"image", "table"}
+    assert "heatmaps.layer" in inputs["table"]["methods"]["gradcam"]["skipped"]
+    assert "mufidelity" in inputs["table"]["metrics"]["integrated-gradients"]
+    assert "rank_correlation" in inputs["image"]["methods"]["integrated-gradients"]
