@@ -4,7 +4,8 @@ The encoder (random weights): token ids (256 samples x 128 tokens, vocabulary 1,
 an embedding of width 64 plus a learned position embedding, two blocks of
 `MultiHeadAttention` (4 heads) and a feed-forward layer, mean-pooled into 2 classes.
 Each case runs over the same 256 samples with the same batch size as
-`model.predict(x, batch_size=...)`, is warmed up once (tracing), then timed in shuffled
+`model.predict(x, batch_size=...)` (token attributions: 4 times that many rows per pass,
+as their passes carry steps, draws or patches), is warmed up once (tracing), then timed in shuffled
 rounds; printed is the median over rounds of its time divided by the predict's, on the
 wall clock and on process CPU time (steadier on a shared machine).
 
@@ -28,6 +29,15 @@ import numpy as np  # noqa: E402
 import keraslens  # noqa: E402
 
 SAMPLES, TOKENS, VOCABULARY, WIDTH, HEADS, BLOCKS = 256, 128, 1000, 64, 4, 2
+
+TOKEN_ATTRIBUTIONS = [
+    ("saliency", {}),
+    ("gradient-input", {}),
+    ("integrated-gradients", {"steps": 16}),
+    ("smoothgrad", {"samples": 8}),
+    ("occlusion", {"patch": 8, "stride": 8}),
+]
+"""Token attributions timed (at the embedding, one value per token), with their settings."""
 
 
 def build_encoder(seed: int = 0) -> keras.Model:
@@ -56,7 +66,14 @@ def cases(model: keras.Model, x: np.ndarray, batch_size: int) -> dict[str, Calla
         "head statistics": lambda: keraslens.attention.head_statistics(
             model, x, batch_size=batch_size
         ),
-        # Token attributions (keraslens.attribute on the token ids) are added here.
+        **{
+            f"{method} {' '.join(f'{k}={v}' for k, v in options.items())}".strip(): (
+                lambda method=method, options=options: keraslens.attribute(
+                    model, x, method, 0, batch_size=batch_size * 4, **options
+                )
+            )
+            for method, options in TOKEN_ATTRIBUTIONS
+        },
     }
 
 

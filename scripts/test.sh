@@ -15,5 +15,6 @@ fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
 
 .venv/bin/ruff check .
+.venv/bin/ruff format --check .
 .venv/bin/mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
 exec .venv/bin/python -m pytest -n 2 --dist loadfile "$@"
