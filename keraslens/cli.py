@@ -372,16 +372,33 @@ def plugins(console: Console) -> None:
     "--epochs", default=4, show_default=True, type=click.IntRange(min=1), help="Training epochs."
 )
 @click.option("--minimal", is_flag=True, help="Skip the expensive plugins and figures.")
+@click.option(
+    "--text",
+    is_flag=True,
+    help="The text demo: a Transformer encoder on generated tokens, one deciding.",
+)
 @verbosity
 def demo(
-    console: Console, output: str, json_path: str | None, seed: int, epochs: int, minimal: bool
+    console: Console,
+    output: str,
+    json_path: str | None,
+    seed: int,
+    epochs: int,
+    minimal: bool,
+    text: bool,
 ) -> None:
-    """Train a small CNN on scikit-learn's digits and write its report (no download)."""
+    """Train a small CNN on scikit-learn's digits (or, with --text, a small Transformer
+    encoder on generated tokens) and write its report (no download)."""
     targets = paths.check_outputs({"-o/--output": output, "--json": json_path}, {})
-    console.step(f"Training a small CNN on scikit-learn's digits ({epochs} epochs) ...")
+    what = (
+        "a Transformer encoder on generated tokens"
+        if text
+        else "a small CNN on scikit-learn's digits"
+    )
+    console.step(f"Training {what} ({epochs} epochs) ...")
     from keraslens import demo as demo_module
 
-    result = demo_module.run(
+    result = (demo_module.run_text if text else demo_module.run)(
         seed=seed,
         epochs=epochs,
         minimal=minimal,

@@ -235,7 +235,7 @@ class Heatmaps(Plugin):
 
     def _metrics(self, ctx, where, method, explanation, layer, settings) -> dict[str, Any]:
         """`keraslens.evaluate` of the method on the shown samples, for the same targets."""
-        chosen = resolve_metrics(ctx.model, ctx.options["metrics"])
+        chosen = resolve_metrics(ctx.model, ctx.options["metrics"], where.tokens)
         steps = ctx.options["faithfulness_steps"]
         per_metric = {
             name: {"steps": steps} if "steps" in METRICS[name].options else {} for name in chosen
@@ -364,14 +364,16 @@ def _no_cam_layer(where: Explained) -> str:
     )
 
 
-def resolve_metrics(model: Any, chosen: list[str]) -> list[str]:
-    """The metrics `chosen` names; "auto" is `AUTO_METRICS`, with cascading randomisation
-    on a model of at most `CASCADE_LAYERS` layers with weights."""
+def resolve_metrics(model: Any, chosen: list[str], tokens: bool = False) -> list[str]:
+    """The metrics `chosen` names; "auto" is `AUTO_METRICS` (for token ids, which cannot be
+    perturbed, those that read the map alone), with cascading randomisation on a model of
+    at most `CASCADE_LAYERS` layers with weights."""
     if "auto" not in chosen:
         return list(chosen)
     extra = [m for m in chosen if m != "auto"]
     cheap = len(weighted_layers(model)) <= CASCADE_LAYERS
-    automatic = [*AUTO_METRICS, *(["randomisation"] if cheap else [])]
+    automatic = [m for m in AUTO_METRICS if not (tokens and METRICS[m].perturbs)]
+    automatic += ["randomisation"] if cheap else []
     return list(dict.fromkeys(automatic + extra))
 
 

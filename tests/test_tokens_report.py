@@ -76,3 +76,18 @@ def test_a_hostile_vocabulary_entry_renders_as_text_in_chromium(token_files, tmp
     assert "CONSOLE" not in opened.stderr
     assert "<img src=x" not in opened.stdout
     assert "&lt;img src=x onerror=alert(1)&gt;" in opened.stdout
+
+
+def test_the_text_demo_names_the_deciding_token_first(tmp_path):
+    from click.testing import CliRunner
+
+    from keraslens.cli import cli
+
+    with CliRunner().isolated_filesystem(temp_dir=tmp_path):
+        done = CliRunner().invoke(cli, ["demo", "--text", "-o", "t.html", "--json", "t.json"])
+        assert done.exit_code == 0, done.output
+        heatmaps = json.loads(Path("t.json").read_text())["plugins"]["heatmaps"]
+    assert heatmaps["best_method"] in ("integrated-gradients", "occlusion", "saliency")
+    table = next(t for t in heatmaps["tables"] if t["title"].startswith("Deciding tokens"))
+    positives = [row for row in table["rows"] if row[1] == 1]
+    assert positives and all(row[2].startswith("DECIDING") for row in positives)

@@ -122,11 +122,11 @@ class Explained:
                 "This metric computes fresh attributions; pass a method name to evaluate() "
                 "instead of an array of attributions."
             )
-        values = self.x if values is None else values
+        index = self.scorer.graph.explained
+        values = self.feeds[index] if values is None else values
         owners = np.arange(len(values)) // repeat
         targets = self.targets[owners] if targets is None else targets
         feeds = [f[owners] for f in self.feeds]
-        index = self.scorer.graph.explained
         feeds[index] = values
         options = {**self.attribute_options, "input": index}
         fresh = run_method(model or self.model, feeds, self.method, targets, options)
