@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import tomllib
+import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
