@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,7 +23,7 @@ from keraslens.metrics.randomisation import weighted_layers
 from keraslens.plugin import AnalysisContext, Figure, Finding, Option, Plugin, PluginResult, Table
 from keraslens.vis.figures import heatmap_grid
 from keraslens.vis.heatmap import METHODS, explain
-from keraslens.vis.sanity import randomization_test
+from keraslens.vis.sanity import randomization_test, randomized_copy
 from keraslens.vis.tokens import token_figure, token_text
 
 CASCADE_LAYERS = 24
@@ -128,6 +128,7 @@ class Heatmaps(Plugin):
         targets = _targets(options, None if labels is None else labels[shown])
         result = PluginResult(data={"samples": shown})
         explained = [None] if len(specs) == 1 else [s.key for s in specs]
+        copies: dict = {}  # one randomised model for every input, output and method
         for index, key in enumerate(explained):
             x = sample[index]
             tokens = np.issubdtype(x.dtype, np.integer)
@@ -140,7 +141,9 @@ class Heatmaps(Plugin):
             data = data if key is None else data.setdefault(key, {})
             data["layer"] = layer
             for output in outputs:
-                where = Explained(sample if key is not None else x, x, key, output, layer, tokens)
+                where = Explained(
+                    sample if key is not None else x, x, key, output, layer, tokens, copies
+                )
                 part = self._explain_output(ctx, where, targets, labels, shown)
                 if len(outputs) == 1:
                     data.update(part.data)
@@ -211,7 +214,13 @@ class Heatmaps(Plugin):
         nonfinite = 0
         if options["sanity_check"]:
             test = randomization_test(
-                ctx.model, where.x, method, targets, layer, weights_seed=ctx.seed, **common
+                ctx.model,
+                where.x,
+                method,
+                targets,
+                layer,
+                randomized=where.randomized(ctx.model, ctx.seed),
+                **common,
             )
             explanation, correlation = test.trained, test.mean_correlation
             trustworthy, nonfinite = test.passes(options["similarity_threshold"]), test.nonfinite
@@ -240,17 +249,20 @@ class Heatmaps(Plugin):
         per_metric = {
             name: {"steps": steps} if "steps" in METRICS[name].options else {} for name in chosen
         }
+        # Metrics that read the map alone take the attributions already computed; only those
+        # whose definition needs fresh ones (randomisation, ...) run the method again.
+        fresh = any(METRICS[name].needs_method for name in chosen)
+        given = {"layer": layer, **settings} if fresh else {}
         try:
             return evaluate(
                 ctx.model,
                 where.x,
-                method,
+                method if fresh else explanation.values,
                 per_metric,
                 explanation.targets,
                 output=where.output,
                 input=where.input,
-                layer=layer,
-                **settings,
+                **given,
             )
         except KeraslensError as error:
             return {"error": {"mean": None, "message": str(error)}}
@@ -346,6 +358,13 @@ class Explained:
     output: int | str | None
     layer: str | None
     tokens: bool
+    copies: dict = field(default_factory=dict, compare=False)
+
+    def randomized(self, model: Any, seed: int) -> Any:
+        """The model with permuted weights, made once for every method of this pass."""
+        if "model" not in self.copies:
+            self.copies["model"] = randomized_copy(model, model_inputs(model, self.x)[0], seed)
+        return self.copies["model"]
 
     @property
     def suffix(self) -> str:

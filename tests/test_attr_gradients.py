@@ -195,3 +195,47 @@ def test_unknown_methods_and_options_are_named():
         keraslens.attribute(model, x, "integrated-gradients", step=3)
     with pytest.raises(KeraslensError, match="steps"):
         keraslens.attribute(model, x, "integrated-gradients", steps=0)
+
+
+def _list_input_backbone_model() -> keras.Model:
+    """A backbone built as keras.Model(seq.inputs, ...): its input is a list of one."""
+    seq = keras.Sequential(
+        [keras.Input((8, 8, 2)), keras.layers.Conv2D(4, 3, activation="relu", name="c")]
+    )
+    backbone = keras.Model(seq.inputs, seq.get_layer("c").output, name="backbone")
+    x = keras.Input((8, 8, 2))
+    pooled = keras.layers.GlobalAveragePooling2D()(backbone(x))
+    return keras.Model(x, keras.layers.Dense(3)(pooled))
+
+
+class _Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.conv = keras.layers.Conv2D(4, 3, activation="relu")
+        self.pool = keras.layers.GlobalAveragePooling2D()
+        self.head = keras.layers.Dense(3, activation="softmax")
+
+    def call(self, x):
+        return self.head(self.pool(self.conv(x)))
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize(
+    "build", [_list_input_backbone_model, _Subclassed], ids=["list-backbone", "subclassed"]
+)
+def test_every_method_runs_on_list_input_backbones_and_subclassed_models(method, build, images):
+    model = build()
+    model(images[:1])
+    result = keraslens.attribute(model, images, method)
+    assert result.shape[:3] == images.shape[:3] and np.isfinite(result).all()
+    assert keraslens.heatmap(model, images, method).shape == images.shape[:3]
+
+
+def test_a_dataset_is_explained_like_its_arrays(images):
+    model = _softmax_cnn()
+    dataset = tf.data.Dataset.from_tensor_slices((images, np.arange(6) % 3)).batch(4)
+    np.testing.assert_allclose(
+        keraslens.attribute(model, dataset, "saliency"),
+        keraslens.attribute(model, images, "saliency"),
+        rtol=1e-5,
+    )

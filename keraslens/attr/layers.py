@@ -36,7 +36,9 @@ def _walk(view: keras.Model, prefix: str) -> Iterator[tuple[str, tuple]]:
         if isinstance(layer, keras.layers.InputLayer):
             continue
         if isinstance(layer, keras.Model) and layer.layers:
-            inner = functional_view(layer, layer.input.shape[1:])
+            # A backbone built as keras.Model(seq.inputs, ...) has a list of one input.
+            first = layer.input[0] if isinstance(layer.input, (list, tuple)) else layer.input
+            inner = functional_view(layer, first.shape[1:])
             if not is_opaque(inner, layer):
                 yield from _walk(inner, f"{prefix}{layer.name}/")
                 continue

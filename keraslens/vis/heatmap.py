@@ -33,6 +33,7 @@ class Explanation:
         scores: the model's output (e.g. softmax probability) for `predicted`.
         layer: the layer CAM methods took their map at, or None.
         settings: the method's options in force.
+        values: the raw attributions the maps were drawn from (`keraslens.attribute`'s).
     """
 
     maps: np.ndarray
@@ -41,6 +42,7 @@ class Explanation:
     scores: np.ndarray
     layer: str | None = None
     settings: dict | None = None
+    values: np.ndarray | None = None
 
 
 def explain(
@@ -80,6 +82,7 @@ def explain(
         scores=probabilities[np.arange(len(predicted)), predicted],
         layer=layer if explainer.uses_layer else None,
         settings=explainer.settings(),
+        values=values,
     )
 
 

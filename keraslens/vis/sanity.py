@@ -114,23 +114,26 @@ def randomization_test(
     input: int | str | None = None,  # noqa: A002 - the name keraslens.attribute takes
     weights_seed: int = 0,
     batch_size: int | None = None,
+    randomized: keras.Model | None = None,
     **options: Any,
 ) -> RandomizationTest:
     """Model-parameter randomisation test (Adebayo et al., 2018, "Sanity Checks for
     Saliency Maps"): maps that do not change when the weights are randomised explain the
     input, not the model.
 
-    Args: as `keraslens.vis.explain`, plus `weights_seed` for the randomisation.
+    Args: as `keraslens.vis.explain`, plus `weights_seed` for the randomisation and
+    `randomized`, a copy from `randomized_copy` to reuse across methods (its compiled
+    graphs are then built once).
     """
     common = {"output": output, "input": input, "batch_size": batch_size, **options}
     trained = explain(model, x, method, targets, layer, **common)
-    specs, _ = model_inputs(model, x)
-    copy = randomized_copy(model, specs, weights_seed)
-    randomized = explain(copy, x, method, trained.targets, trained.layer, **common)
-    correlation = rank_correlation(trained.maps, randomized.maps)
+    if randomized is None:
+        randomized = randomized_copy(model, model_inputs(model, x)[0], weights_seed)
+    other = explain(randomized, x, method, trained.targets, trained.layer, **common)
+    correlation = rank_correlation(trained.maps, other.maps)
     # The randomised map went flat while the trained one was not: nothing of it survived.
-    correlation[_is_flat(randomized.maps) & ~_is_flat(trained.maps)] = 0.0
-    return RandomizationTest(trained, randomized, correlation)
+    correlation[_is_flat(other.maps) & ~_is_flat(trained.maps)] = 0.0
+    return RandomizationTest(trained, other, correlation)
 
 
 def _is_flat(maps: np.ndarray) -> np.ndarray:
