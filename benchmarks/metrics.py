@@ -67,7 +67,7 @@ def explained(model, x, y, method_name) -> Explained:
     """The batch with its maps, as `keraslens.evaluate` builds it."""
     method = build_method(method_name, {})
     specs, feeds = model_inputs(model, x)
-    scorer = Scorer(score_graph(model, specs, 0), feeds, y)
+    scorer = Scorer(model, score_graph(model, specs, 0), feeds, y)
     maps = keraslens.attribute(model, x, method, scorer.targets)
     return Explained(model, scorer, maps, method, {"input": 0}, feeds)
 
