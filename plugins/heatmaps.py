@@ -31,6 +31,10 @@ CASCADE_LAYERS = 24
 attribution per layer and method)."""
 AUTO_METRICS = ("deletion", "insertion", "mufidelity", "sparseness", "complexity")
 
+SMALL_MODEL = 1_000_000
+"""Parameters up to which methods keep their default steps, draws and masks."""
+SIZED_OPTIONS = ("steps", "samples", "masks")
+
 UPSAMPLED = 4
 """A map upsampled this many times or more from under 7 positions is called coarse."""
 
@@ -207,6 +211,7 @@ class Heatmaps(Plugin):
     def _assess(self, ctx, where: Explained, method, targets, overrides) -> tuple:
         options = ctx.options
         settings = {"seed": ctx.seed} if "seed" in METHODS[method].options else {}
+        settings.update(sized_options(ctx.model, method))
         settings.update(overrides)
         layer = where.layer if METHODS[method].uses_layer else None
         common = {"output": where.output, "input": where.input, **settings}
@@ -381,6 +386,26 @@ def _no_cam_layer(where: Explained) -> str:
         f"which layer belongs to input {where.input!r} is not known; name its CAM layer with "
         "heatmaps.layer."
     )
+
+
+def sized_options(model: Any, method: str) -> dict[str, int]:
+    """The method's cost options (`steps`, `samples`, `masks`) chosen for the model's size.
+
+    A step, draw or mask costs one pass of the model, so above `SMALL_MODEL` parameters
+    the default shrinks as `default * sqrt(SMALL_MODEL / parameters)`, to a quarter of it
+    at least (ResNet50's 25M parameters: integrated gradients at 12 steps instead of 50).
+    The table's options column says what was chosen; `method_options` overrides it.
+    """
+    parameters = int(sum(np.prod(w.shape) for w in model.weights))
+    if parameters <= SMALL_MODEL:
+        return {}
+    scale = (SMALL_MODEL / parameters) ** 0.5
+    declared = METHODS[method].options
+    return {
+        name: max(declared[name].default // 4, int(declared[name].default * scale), 1)
+        for name in SIZED_OPTIONS
+        if name in declared and isinstance(declared[name].default, int)
+    }
 
 
 def resolve_metrics(model: Any, chosen: list[str], tokens: bool = False) -> list[str]:

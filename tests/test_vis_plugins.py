@@ -296,3 +296,14 @@ def test_heatmaps_explain_each_input_of_a_multi_input_model_given_as_a_dict():
     assert "heatmaps.layer" in inputs["table"]["methods"]["gradcam"]["skipped"]
     assert "mufidelity" in inputs["table"]["metrics"]["integrated-gradients"]
     assert "rank_correlation" in inputs["image"]["methods"]["integrated-gradients"]
+
+
+def test_large_models_get_fewer_steps_and_draws_and_the_table_says_so():
+    from plugins.heatmaps import sized_options
+
+    small = _conv_model()
+    assert sized_options(small, "integrated-gradients") == {}
+    big = keras.Sequential([keras.Input((2000,)), keras.layers.Dense(2000), keras.layers.Dense(2)])
+    chosen = sized_options(big, "integrated-gradients")
+    assert chosen == {"steps": int(50 * (1_000_000 / big.count_params()) ** 0.5)}
+    assert sized_options(big, "rise")["masks"] < 2000 and sized_options(big, "saliency") == {}
