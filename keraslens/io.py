@@ -218,18 +218,25 @@ def import_modules(names: Iterable[str]) -> None:
     ```
     """
     for name in names:
-        paths.with_working_directory_on_path()
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as error:
-            if error.name is None or not name.startswith(error.name):
-                raise _raised(f"Importing --import {name!r}", error) from None
-            raise KeraslensError(
-                f"--import {name!r}: no module named {error.name!r} (the current folder and "
-                "the installed packages were searched)."
-            ) from None
-        except Exception as error:  # the user's own module: any error is theirs to see
-            raise _raised(f"Importing --import {name!r}", error) from None
+        _import_user_module(name, f"--import {name!r}", f"Importing --import {name!r}")
+
+
+def _import_user_module(name: str, missing: str, importing: str) -> Any:
+    """Import the user's module `name` (the current folder first), errors as one line:
+    `missing` opens the message of a module that is not there, `importing` names what
+    raised inside it."""
+    paths.with_working_directory_on_path()
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        if error.name is None or not name.startswith(error.name):
+            raise _raised(importing, error) from None
+        raise KeraslensError(
+            f"{missing}: no module named {error.name!r} (the current folder and the "
+            "installed packages were searched)."
+        ) from None
+    except Exception as error:  # the user's own module: any error is theirs to see
+        raise _raised(importing, error) from None
 
 
 def _raised(what: str, error: BaseException) -> KeraslensError:
@@ -487,18 +494,11 @@ def _read_image(path: Path, mode: str, size: tuple[int, int]) -> np.ndarray:
 
 def _from_function(spec: str, model: keras.Model) -> LoadedData:
     module_name, function_name = spec.split(":")
-    paths.with_working_directory_on_path()
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name is None or not module_name.startswith(error.name):
-            raise _raised(f"Importing the module of data loader {spec!r}", error) from None
-        raise KeraslensError(
-            f"Cannot import data function {spec!r}: no module named {error.name!r} (the "
-            "current folder and the installed packages were searched)."
-        ) from None
-    except Exception as error:  # the user's own module: any error is theirs to see
-        raise _raised(f"Importing the module of data loader {spec!r}", error) from None
+    module = _import_user_module(
+        module_name,
+        f"Cannot import data function {spec!r}",
+        f"Importing the module of data loader {spec!r}",
+    )
     function = getattr(module, function_name, None)
     if not callable(function):
         raise KeraslensError(

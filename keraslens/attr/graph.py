@@ -250,8 +250,10 @@ class _Replay:
         if not done[0] and head == layer.name and len(self.path) > 1:
             done[0] = True
             return self._enter(layer, args, kwargs, shift)
-        if self.relu_rule and isinstance(layer, keras.Model) and not self._opaque(layer, args):
-            return self._rewritten_inner(layer, args, kwargs)
+        if self.relu_rule and isinstance(layer, keras.Model):
+            inner_view = _functional_inner(layer, args)
+            if not is_opaque(inner_view, layer):
+                return self._rewritten_inner(inner_view, args, kwargs)
         out = self._rewritten_call(layer, args, kwargs)
         fed_by_token = token is not None and any(
             t is token for t in tf.nest.flatten((args, kwargs))
@@ -278,9 +280,9 @@ class _Replay:
         self.base = keras.Model(inner_inputs, inner.base)(*args)
         return keras.Model([*inner_inputs, inner.shift], out_value)([*args, shift])
 
-    def _rewritten_inner(self, layer, args, kwargs):
+    def _rewritten_inner(self, inner_view, args, kwargs):
         inner = _Replay([], self.relu_rule, None)
-        inner_inputs, inner_outputs = inner.run(_functional_inner(layer, args))
+        inner_inputs, inner_outputs = inner.run(inner_view)
         out_value = inner_outputs[0] if len(inner_outputs) == 1 else inner_outputs
         return keras.Model(inner_inputs, out_value)(*args, **kwargs)
 
@@ -298,10 +300,6 @@ class _Replay:
             twin.set_weights(layer.get_weights())
             return _RuleReLU(self.relu_rule)(out)
         return layer(*args, **kwargs)
-
-    @staticmethod
-    def _opaque(layer, args) -> bool:
-        return is_opaque(_functional_inner(layer, args), layer)
 
 
 def _functional_inner(layer: keras.Model, args: tuple) -> keras.Model:

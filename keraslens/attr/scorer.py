@@ -55,7 +55,7 @@ class Scorer:
         )
         self._base = self._layer_values() if graph.layer_model is not None else None
         self.value = self._base if self._base is not None else explained.astype(np.float32)
-        self.logits = self._run(lambda feeds, _: graph.logits_fn(feeds), self.value)
+        self.logits = self.outputs(self.value)
         chosen = as_targets(targets, self.samples, graph.classes)
         self.targets = (self.logits.argmax(axis=1) if chosen is None else chosen).astype(np.int32)
 
@@ -75,10 +75,8 @@ class Scorer:
 
     def probability(self, values: np.ndarray, repeat: int = 1, first: int = 0) -> np.ndarray:
         """What the model outputs for the target class (its softmax...), row by row."""
-        logits = self._run(lambda feeds, _: self.graph.logits_fn(feeds), values, repeat, first)
-        owners = first + np.arange(len(logits)) // repeat
-        probabilities = np.asarray(self.graph.to_probability(logits))
-        return probabilities[np.arange(len(logits)), self.targets[owners]]
+        probabilities = np.asarray(self.graph.to_probability(self.outputs(values, repeat, first)))
+        return self._of_targets(probabilities, repeat, first)
 
     def groups(self, rows_per_sample: int) -> Iterator[slice]:
         """Slices of samples whose rows fill a few passes: build big expansions group-wise."""
@@ -93,9 +91,7 @@ class Scorer:
     def score(self, values: np.ndarray, repeat: int = 1, first: int = 0) -> np.ndarray:
         """The target logit of each row of `values`: shaped like `value`, `repeat` rows per
         sample, for the samples from `first` on."""
-        logits = self.outputs(values, repeat, first)
-        owners = first + np.arange(len(logits)) // repeat
-        return logits[np.arange(len(logits)), self.targets[owners]]
+        return self._of_targets(self.outputs(values, repeat, first), repeat, first)
 
     def gradient(self, values: np.ndarray, repeat: int = 1, first: int = 0) -> np.ndarray:
         """d target logit / d values, row by row (rows as in `score`)."""
@@ -104,6 +100,11 @@ class Scorer:
             return self.graph.gradient_fn(feeds, self.targets[owners])[0]
 
         return self._run(gradient, values, repeat, first)
+
+    def _of_targets(self, columns: np.ndarray, repeat: int, first: int) -> np.ndarray:
+        """Each row's value in its sample's target column."""
+        owners = first + np.arange(len(columns)) // repeat
+        return columns[np.arange(len(columns)), self.targets[owners]]
 
     def _layer_values(self) -> np.ndarray:
         fn = self.graph.layer_fn

@@ -13,7 +13,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from keraslens.attr.api import build_method, method_scorer, per_token
+from keraslens.attr.api import build_method, input_index, method_scorer, per_token
 from keraslens.attr.inputs import model_inputs
 from keraslens.attr.layers import last_spatial_layer, layer_shapes, require_spatial
 from keraslens.attr.method import AttributionMethod
@@ -175,19 +175,12 @@ def _method(method: str | AttributionMethod, options: dict[str, Any]) -> Attribu
 
 
 def _one_input(model: keras.Model, specs, input) -> int:  # noqa: A002
-    if input is None:
-        if len(specs) > 1:
-            raise KeraslensError(
-                f"Model {model.name!r} has {len(specs)} inputs "
-                f"{[s.key for s in specs]}; choose the one to draw with input=<name>."
-            )
-        return 0
-    keys = [s.key for s in specs]
-    if input in keys:
-        return keys.index(input)
-    if isinstance(input, int) and -len(keys) <= input < len(keys):
-        return input % len(keys)
-    raise KeraslensError(f"The model has no input {input!r}; its inputs: {keys}.")
+    if input is None and len(specs) > 1:
+        raise KeraslensError(
+            f"Model {model.name!r} has {len(specs)} inputs "
+            f"{[s.key for s in specs]}; choose the one to draw with input=<name>."
+        )
+    return 0 if input is None else input_index(specs, input)
 
 
 def _cam_layer(model: keras.Model, input_shape: tuple, layer: str | None, title: str) -> str:
