@@ -34,6 +34,9 @@ AUTO_METRICS = ("deletion", "insertion", "mufidelity", "sparseness", "complexity
 SMALL_MODEL = 1_000_000
 """Parameters up to which methods keep their default steps, draws and masks."""
 SIZED_OPTIONS = ("steps", "samples", "masks")
+MIN_SIZED = 8
+"""The fewest steps, draws or subsets a size rule chooses (a curve or a correlation needs a
+few points)."""
 
 UPSAMPLED = 4
 """A map upsampled this many times or more from under 7 positions is called coarse."""
@@ -93,7 +96,13 @@ class Heatmaps(Plugin):
             min=0.0,
             max=1.0,
         ),
-        "faithfulness_steps": Option(int, 16, "Deletion / insertion steps.", min=1, max=256),
+        "faithfulness_steps": Option(
+            int,
+            0,
+            "Deletion / insertion steps; 0: 16, fewer on models above 1M parameters.",
+            min=0,
+            max=256,
+        ),
         "vocab": Option(str, "", "Token model: a text file, line i the token of id i."),
         "metrics": Option(
             list,
@@ -161,7 +170,9 @@ class Heatmaps(Plugin):
     def _explain_output(self, ctx, where: Explained, targets, labels, shown) -> PluginResult:
         options = ctx.options
         per_method = method_options(options["method_options"])
-        result = PluginResult(data={"methods": {}})
+        chosen = resolve_metrics(ctx.model, options["metrics"], where.tokens)
+        per_metric = metric_options(ctx.model, chosen, options["faithfulness_steps"])
+        result = PluginResult(data={"methods": {}, "metric_options": per_metric})
         maps, prediction = {}, None
         for method in options["methods"]:
             uses_layer = METHODS[method].uses_layer
@@ -169,7 +180,7 @@ class Heatmaps(Plugin):
                 if uses_layer and where.layer is None and (where.tokens or where.input):
                     raise KeraslensError(_no_cam_layer(where))
                 report, explanation, scores = self._assess(
-                    ctx, where, method, targets, per_method.get(method, {})
+                    ctx, where, method, targets, per_method.get(method, {}), per_metric
                 )
             except KeraslensError as error:
                 result.data["methods"][method] = {"skipped": str(error)}
@@ -188,7 +199,9 @@ class Heatmaps(Plugin):
         if assessed:
             best = best_method(assessed)
             result.data["best_method"] = best
-            result.tables.append(_metrics_table(assessed, result.data["methods"], best, suffix))
+            result.tables.append(
+                _metrics_table(assessed, result.data["methods"], best, per_metric, suffix)
+            )
             curves = _cascading_figure(assessed, suffix)
             if curves is not None and not ctx.minimal:
                 result.figures.append(curves)
@@ -208,10 +221,10 @@ class Heatmaps(Plugin):
                     result.figures.append(_token_figure(x, maps, prediction, vocabulary, suffix))
         return result
 
-    def _assess(self, ctx, where: Explained, method, targets, overrides) -> tuple:
+    def _assess(self, ctx, where: Explained, method, targets, overrides, per_metric) -> tuple:
         options = ctx.options
         settings = {"seed": ctx.seed} if "seed" in METHODS[method].options else {}
-        settings.update(sized_options(ctx.model, method))
+        settings.update(sized_options(ctx.model, METHODS[method].options))
         settings.update(overrides)
         layer = where.layer if METHODS[method].uses_layer else None
         common = {"output": where.output, "input": where.input, **settings}
@@ -231,7 +244,7 @@ class Heatmaps(Plugin):
             trustworthy, nonfinite = test.passes(options["similarity_threshold"]), test.nonfinite
         else:
             explanation = explain(ctx.model, where.x, method, targets, layer, **common)
-        scores = self._metrics(ctx, where, method, explanation, layer, settings)
+        scores = self._metrics(ctx, where, method, explanation, layer, settings, per_metric)
         mean = {name: entry.get("mean") for name, entry in scores.items()}
         report = {
             "options": explanation.settings,
@@ -247,16 +260,13 @@ class Heatmaps(Plugin):
         }
         return report, explanation, scores
 
-    def _metrics(self, ctx, where, method, explanation, layer, settings) -> dict[str, Any]:
+    def _metrics(
+        self, ctx, where, method, explanation, layer, settings, per_metric
+    ) -> dict[str, Any]:
         """`keraslens.evaluate` of the method on the shown samples, for the same targets."""
-        chosen = resolve_metrics(ctx.model, ctx.options["metrics"], where.tokens)
-        steps = ctx.options["faithfulness_steps"]
-        per_metric = {
-            name: {"steps": steps} if "steps" in METRICS[name].options else {} for name in chosen
-        }
         # Metrics that read the map alone take the attributions already computed; only those
         # whose definition needs fresh ones (randomisation, ...) run the method again.
-        fresh = any(METRICS[name].needs_method for name in chosen)
+        fresh = any(METRICS[name].needs_method for name in per_metric)
         given = {"layer": layer, **settings} if fresh else {}
         try:
             return evaluate(
@@ -388,24 +398,40 @@ def _no_cam_layer(where: Explained) -> str:
     )
 
 
-def sized_options(model: Any, method: str) -> dict[str, int]:
-    """The method's cost options (`steps`, `samples`, `masks`) chosen for the model's size.
+def sized_options(model: Any, declared: dict[str, Option]) -> dict[str, int]:
+    """The cost options (`steps`, `samples`, `masks`) among `declared` (a method's or a
+    metric's), chosen for the model's size.
 
-    A step, draw or mask costs one pass of the model, so above `SMALL_MODEL` parameters
-    the default shrinks as `default * sqrt(SMALL_MODEL / parameters)`, to a quarter of it
-    at least (ResNet50's 25M parameters: integrated gradients at 12 steps instead of 50).
-    The table's options column says what was chosen; `method_options` overrides it.
+    A step, draw, mask or subset costs one pass of the model, so above `SMALL_MODEL`
+    parameters the default shrinks as `default * sqrt(SMALL_MODEL / parameters)`, to a
+    quarter of it at least, and never below `MIN_SIZED` (ResNet50's 25M parameters:
+    integrated gradients at 12 steps instead of 50, MuFidelity at 16 subsets instead of
+    64, deletion and insertion at 8 steps instead of 16). The tables say what was chosen;
+    `method_options` and `faithfulness_steps` override it.
     """
     parameters = int(sum(np.prod(w.shape) for w in model.weights))
     if parameters <= SMALL_MODEL:
         return {}
     scale = (SMALL_MODEL / parameters) ** 0.5
-    declared = METHODS[method].options
-    return {
-        name: max(declared[name].default // 4, int(declared[name].default * scale), 1)
-        for name in SIZED_OPTIONS
-        if name in declared and isinstance(declared[name].default, int)
-    }
+    sized = {}
+    for name in SIZED_OPTIONS:
+        default = declared[name].default if name in declared else None
+        if isinstance(default, int) and not isinstance(default, bool):
+            sized[name] = max(default // 4, int(default * scale), min(default, MIN_SIZED), 1)
+    return sized
+
+
+def metric_options(model: Any, chosen: list[str], steps: int = 0) -> dict[str, dict[str, int]]:
+    """Each chosen metric's cost options for this model (`sized_options`); `steps` > 0
+    sets the deletion / insertion curves' steps instead."""
+    per_metric = {}
+    for name in chosen:
+        declared = METRICS[name].options
+        options = sized_options(model, declared)
+        if steps and name in ("deletion", "insertion"):
+            options["steps"] = steps
+        per_metric[name] = options
+    return per_metric
 
 
 def resolve_metrics(model: Any, chosen: list[str], tokens: bool = False) -> list[str]:
@@ -421,7 +447,7 @@ def resolve_metrics(model: Any, chosen: list[str], tokens: bool = False) -> list
     return list(dict.fromkeys(automatic + extra))
 
 
-def _metrics_table(by_method, reports, best: str | None, suffix: str) -> Table:
+def _metrics_table(by_method, reports, best: str | None, per_metric, suffix: str) -> Table:
     names = list(dict.fromkeys(name for scores in by_method.values() for name in scores))
     rows = []
     for method, scores in by_method.items():
@@ -432,6 +458,9 @@ def _metrics_table(by_method, reports, best: str | None, suffix: str) -> Table:
     title = f"Explanation metrics{suffix}: 95% intervals in the JSON twin"
     if best is not None:
         title += f"; the method to trust most for this model: {METHODS[best].title}"
+    sized = [f"{n} {k}={v}" for n, o in per_metric.items() for k, v in o.items() if n in names]
+    if sized:
+        title += f"; chosen for the model's size: {', '.join(sized)}"
     return Table(
         title=title,
         columns=["method", "verdict"]

@@ -299,11 +299,32 @@ def test_heatmaps_explain_each_input_of_a_multi_input_model_given_as_a_dict():
 
 
 def test_large_models_get_fewer_steps_and_draws_and_the_table_says_so():
-    from plugins.heatmaps import sized_options
+    from plugins.heatmaps import METHODS, sized_options
 
     small = _conv_model()
-    assert sized_options(small, "integrated-gradients") == {}
+    assert sized_options(small, METHODS["integrated-gradients"].options) == {}
     big = keras.Sequential([keras.Input((2000,)), keras.layers.Dense(2000), keras.layers.Dense(2)])
-    chosen = sized_options(big, "integrated-gradients")
+    chosen = sized_options(big, METHODS["integrated-gradients"].options)
     assert chosen == {"steps": int(50 * (1_000_000 / big.count_params()) ** 0.5)}
-    assert sized_options(big, "rise")["masks"] < 2000 and sized_options(big, "saliency") == {}
+    assert sized_options(big, METHODS["rise"].options)["masks"] < 2000
+    assert sized_options(big, METHODS["saliency"].options) == {}
+
+
+def test_large_models_get_fewer_metric_draws_never_below_eight():
+    from plugins.heatmaps import metric_options
+
+    # 4.0M parameters: sqrt(1M / 4.0M) is about a half.
+    big = keras.Sequential([keras.Input((2000,)), keras.layers.Dense(2000), keras.layers.Dense(2)])
+    scale = (1_000_000 / big.count_params()) ** 0.5
+    chosen = metric_options(big, ["mufidelity", "deletion", "insertion", "sparseness"])
+    assert chosen == {
+        "mufidelity": {"samples": int(64 * scale)},
+        "deletion": {"steps": 8},
+        "insertion": {"steps": 8},
+        "sparseness": {},
+    }
+    assert metric_options(big, ["deletion"], steps=16) == {"deletion": {"steps": 16}}
+    assert metric_options(_conv_model(), ["mufidelity", "deletion"]) == {
+        "mufidelity": {},
+        "deletion": {},
+    }
