@@ -20,6 +20,7 @@ from keraslens.jsonable import to_jsonable
 from keraslens.result import AnalysisResult, PluginRun
 from keraslens.runner import Analysis, PreparedRun, prepare_runs
 from keraslens.training.alerts import Alerts, check_thresholds
+from keraslens.training.fixed import FixedPart
 from keraslens.training.history import HistoryFile, TrainingHistory
 from keraslens.training.tensorboard import TensorBoardWriter, require_tensorboard
 
@@ -147,6 +148,7 @@ class LensCallback(keras.callbacks.Callback):
         self._alerts = Alerts(self.thresholds)
         self.result: AnalysisResult | None = None
         self._analysis: Analysis | None = None
+        self._fixed: FixedPart | None = None
         self._writer: TensorBoardWriter | None = None
         self._started = False
         self._training = False
@@ -183,6 +185,10 @@ class LensCallback(keras.callbacks.Callback):
         self._training = True
         if self._analysis is None or self._analysis.model is not self.model:
             self._analysis = Analysis.from_runs(self.model, self._runs, layers=self.layers)
+        self._fixed = None
+        if "stats" in self._analysis.needs and self._strategy() is None:
+            # What training cannot change is captured once per fit (a frozen backbone).
+            self._fixed = FixedPart.find(self._analysis.lens, self.probe_data)
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
         if not self._started:
@@ -275,8 +281,9 @@ class LensCallback(keras.callbacks.Callback):
             self._write_report(suffix=f"-epoch{self._epoch:04d}-step{self._step:07d}")
 
     def _run(self, figures: bool) -> AnalysisResult:
-        # Keras keeps the strategy a model was built under (None outside any scope), and the
-        # probe pass runs under it: the same devices and workers as the training steps.
+        stats = None
+        if self._fixed is not None:
+            stats = self._fixed.capture(self.probe_data, self.batch_size)
         return self._analysis.run(
             self.probe_data,
             labels=self.labels,
@@ -284,8 +291,15 @@ class LensCallback(keras.callbacks.Callback):
             seed=self.seed,
             data_source=f"probe data at epoch {self._epoch}, step {self._step}",
             figures=figures,
-            strategy=getattr(self.model, "_distribute_strategy", None),
+            strategy=self._strategy(),
+            stats=stats,
+            outputs=None if self._fixed is None else self._fixed.outputs,
         )
+
+    def _strategy(self) -> Any:
+        # Keras keeps the strategy a model was built under (None outside any scope), and the
+        # probe pass runs under it: the same devices and workers as the training steps.
+        return getattr(self.model, "_distribute_strategy", None)
 
     def _log_layer(self, key: str, stats: LayerStats, runs: Mapping[str, PluginRun]) -> None:
         figures = to_jsonable({**self._plugin_values(key, runs), **_layer_figures(stats)})

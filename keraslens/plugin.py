@@ -30,7 +30,7 @@ PLUGIN_API_VERSION = 1
 
 SUPPORTED_API_VERSIONS = frozenset({1})
 
-NEEDS = frozenset({"stats", "activations", "gradients", "labels", "sample"})
+NEEDS = frozenset({"stats", "activations", "gradients", "labels", "sample", "outputs"})
 """What a plugin may ask for: capture statistics, raw activations of a few samples,
 gradients (the model itself), labels, a small sample of the data."""
 
@@ -310,6 +310,8 @@ class AnalysisContext:
         stats: layer path -> `LayerStats` from the shared capture pass.
         sample: a small sample of the inputs (as the model takes them).
         labels: labels for `sample`, when given.
+        outputs: the model's outputs on `sample`, as `model.predict` returns them (one
+            prediction pass shared by every plugin that needs "outputs").
         options: this plugin's validated options.
         seed: the run's seed; use it for anything random.
         minimal: True when the user asked for a quick run without figures.
@@ -323,6 +325,7 @@ class AnalysisContext:
     options: dict[str, Any]
     seed: int = 0
     minimal: bool = False
+    outputs: Any = None
 
 
 class Plugin:

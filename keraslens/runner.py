@@ -28,7 +28,7 @@ PluginProgress = Callable[[str, int, int], None]
 SAMPLE_SIZE = 64
 """Samples handed to plugins that need per-sample data (`needs` "sample"/"activations")."""
 
-_SAMPLE_NEEDS = frozenset({"sample", "activations", "labels"})
+_SAMPLE_NEEDS = frozenset({"sample", "activations", "labels", "outputs"})
 
 
 @dataclass(frozen=True)
@@ -230,6 +230,8 @@ class Analysis:
         strategy: tf.distribute.Strategy | None = None,
         progress: Callable[[int, int | None], None] | None = None,
         plugin_progress: PluginProgress | None = None,
+        stats: Mapping[str, LayerStats] | None = None,
+        outputs: Callable[[Any], Any] | None = None,
     ) -> AnalysisResult:
         """Run the plugins on `data` and return the result.
 
@@ -245,14 +247,20 @@ class Analysis:
             strategy: the `tf.distribute` strategy of the capture pass.
             progress: `progress(samples_done, total)` during the capture pass.
             plugin_progress: `plugin_progress(name, index, count)` before each plugin.
+            stats: statistics already captured on `data` by this analysis's `lens` (or
+                equal to them); no capture pass is made.
+            outputs: `outputs(sample)` gives the model's outputs on the plugins' sample
+                (default: `model.predict`), for a caller that has a cheaper way.
 
         Returns:
             An `AnalysisResult` (`.to_dict()`, `.to_json(path)`, `.to_html(path)`).
         """
         data, labels, n_samples, subset = _subsample(data, labels, samples, seed)
-        stats: dict[str, LayerStats] = {}
-        if "stats" in self.needs:
+        if "stats" not in self.needs:
+            stats = {}
+        elif stats is None:
             stats = self.lens.capture(data, batch_size, progress=progress, strategy=strategy)
+        stats = dict(stats)
         sample = sample_labels = None
         if self.needs & _SAMPLE_NEEDS:
             sample, sample_labels = context_sample(data, labels, self.lens)
@@ -260,7 +268,17 @@ class Analysis:
             n_samples = next(iter(stats.values())).samples if stats else None
             if subset == "first" and n_samples is not None and n_samples < samples:
                 subset = None  # the dataset held fewer: all of it
-        context = {"stats": stats, "sample": sample, "labels": sample_labels, "seed": seed}
+        predicted = None
+        if "outputs" in self.needs:
+            predict = outputs or (lambda s: self.model.predict(s, batch_size=64, verbose=0))
+            predicted = predict(sample)
+        context = {
+            "stats": stats,
+            "sample": sample,
+            "labels": sample_labels,
+            "outputs": predicted,
+            "seed": seed,
+        }
         draw = not self.minimal if figures is None else bool(figures)
         results: dict[str, PluginRun] = {}
         for index, run in enumerate(self.runs):
@@ -303,7 +321,9 @@ class Analysis:
                 settings[key] = value
         return settings
 
-    def _run_one(self, run: PreparedRun, *, stats, sample, labels, seed, minimal) -> PluginRun:
+    def _run_one(
+        self, run: PreparedRun, *, stats, sample, labels, outputs, seed, minimal
+    ) -> PluginRun:
         info = run.info
         record = PluginRun(
             name=info.name,
@@ -326,6 +346,7 @@ class Analysis:
             stats=stats if "stats" in needs else None,
             sample=sample if needs & {"sample", "activations"} else None,
             labels=labels if "labels" in needs else None,
+            outputs=outputs if "outputs" in needs else None,
             options=dict(run.options),
             seed=seed,
             minimal=minimal,

@@ -38,7 +38,7 @@ class DataChecks(Plugin):
     name = "data-checks"
     title = "Data checks"
     description = "Input scaling against the model, collapsed predictions, BatchNorm mismatch."
-    needs = frozenset({"stats", "sample"})
+    needs = frozenset({"stats", "sample", "outputs"})
     options = {
         "collapse_fraction": Option(
             float,
@@ -191,7 +191,7 @@ def _normalization_finding(layer: keras.layers.Normalization, x: np.ndarray) -> 
 
 def _predictions(ctx: AnalysisContext, limit: float) -> dict[str, Any]:
     """Per output with two or more classes: the share of the most predicted class."""
-    outputs = tf.nest.flatten(ctx.model.predict(ctx.sample, verbose=0, batch_size=64))
+    outputs = tf.nest.flatten(ctx.outputs)
     names = list(getattr(ctx.model, "output_names", None) or [])
     data, findings = {}, []
     for index, output in enumerate(outputs):

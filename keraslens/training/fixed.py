@@ -1,0 +1,193 @@
+"""The part of a model that training cannot change, captured once per fit and reused.
+
+In transfer learning most of the model is a frozen backbone: its layers have no
+trainable weights, and every layer upstream of them is frozen too, so on the same probe
+their outputs, and hence their statistics, are the same at every analysis. `FixedPart`
+captures the whole model once, keeps the frozen layers' statistics and the probe's values
+where the frozen part hands over to the trained one, and from then on captures only the
+trained part, run from those values. Before each reuse it checks that every weight of
+the frozen part is still what it was; if one changed (a layer unfrozen, weights loaded),
+the next analysis captures the whole model again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import keras
+import numpy as np
+
+from keraslens.capture import LayerStats, Lens
+
+MAX_HANDOVER_BYTES = 256 * 2**20
+"""The largest probe values kept where the frozen part hands over (beyond, no reuse)."""
+
+
+class FixedPart:
+    """Reuse of a frozen prefix's statistics across a fit's analyses.
+
+    Build it with `FixedPart.find`, which returns None when nothing can be reused (no
+    frozen prefix, a subclassed model, a layer called twice, a probe that is not arrays).
+    """
+
+    def __init__(self, lens: Lens, fixed: list[str], prefix: keras.Model, head: keras.Model):
+        self.lens = lens
+        self.fixed_keys = fixed
+        self.prefix = prefix
+        self.head = head
+        self.head_lens = Lens(
+            head,
+            _identity_selector(lens, fixed),
+            epsilon=lens.epsilon,
+            histogram_samples=lens.histogram_samples,
+        )
+        self.full_captures = 0
+        self._fixed = set(fixed)
+        self._stats: dict[str, LayerStats] = {}
+        self._order: list[str] = []
+        self._handover: Any = None
+        self._fingerprint: str | None = None
+
+    @classmethod
+    def find(cls, lens: Lens, probe: Any) -> FixedPart | None:
+        """The frozen prefix of `lens.model` as seen by `lens`, or None if none can be reused."""
+        if not _is_arrays(probe):
+            return None
+        graph = _functional(lens.model)
+        if graph is None:
+            return None
+        changing, handover = _split(graph)
+        fixed = [path for path, layer in lens.layers if id(layer) not in changing]
+        # `lens.layers` holds nested layers by path; a nested layer is fixed with its container.
+        fixed = [path for path in fixed if _top(lens.model, path) not in changing]
+        if not fixed or len(fixed) == len(lens.layers) or not handover:
+            return None
+        if any(len(_nodes_in(graph, layer)) > 1 for _, layer in lens.layers):
+            return None
+        per_sample = sum(int(np.prod(t.shape[1:])) * 4 for t in handover)
+        if per_sample * len(_first(probe)) > MAX_HANDOVER_BYTES:
+            return None
+        try:
+            prefix = keras.Model(graph.inputs, handover)
+            head = keras.Model(handover, graph.outputs)
+        except (ValueError, TypeError):  # a graph Keras cannot cut there
+            return None
+        return cls(lens, fixed, prefix, head)
+
+    def capture(self, probe: Any, batch_size: int) -> dict[str, LayerStats]:
+        """Statistics of every layer of `lens` on `probe`: the frozen ones reused when
+        their weights are unchanged, the others captured from the handed-over values."""
+        fingerprint = _fingerprint(self.lens.model, self.fixed_keys)
+        if fingerprint != self._fingerprint:
+            stats = self.lens.capture(probe, batch_size)
+            self.full_captures += 1
+            self._order = list(stats)
+            self._stats = {key: stats[key] for key in self._order if _path(key) in self._fixed}
+            self._handover = self.prefix.predict(probe, batch_size=batch_size, verbose=0)
+            self._fingerprint = fingerprint
+            return stats
+        head = self.head_lens.capture(self._handover, batch_size)
+        if set(head) | set(self._stats) != set(self._order):
+            self._fingerprint = None  # the head names its layers otherwise: capture whole
+            return self.capture(probe, batch_size)
+        return {key: self._stats[key] if key in self._stats else head[key] for key in self._order}
+
+    def outputs(self, sample: Any) -> Any:
+        """The model's outputs on `sample`, the first samples of the last captured probe,
+        computed from the handed-over values: the frozen part is not run again."""
+        rows = len(_first(sample))
+        handover = (
+            [h[:rows] for h in self._handover]
+            if isinstance(self._handover, list)
+            else (self._handover[:rows])
+        )
+        return self.head.predict(handover, batch_size=max(rows, 1), verbose=0)
+
+
+def _functional(model: keras.Model) -> Any:
+    """The functional graph of `model` (a Sequential's inner one), or None."""
+    for graph in (model, getattr(model, "_functional", None)):
+        if graph is not None and getattr(graph, "_nodes_by_depth", None):
+            return graph
+    return None
+
+
+def _split(graph: Any) -> tuple[set[int], list[Any]]:
+    """The ids of the layers training can change, and the tensors where the fixed part
+    hands over to them (fixed outputs read by a changing node or returned by the model)."""
+    changing: set[int] = set()
+    changing_nodes: set[int] = set()
+    for depth in sorted(graph._nodes_by_depth, reverse=True):  # inputs first
+        for node in graph._nodes_by_depth[depth]:
+            operation = node.operation
+            trains = bool(getattr(operation, "trainable_weights", None))
+            if trains or any(id(parent) in changing_nodes for parent in node.parent_nodes):
+                changing_nodes.add(id(node))
+                changing.add(id(operation))
+    handover: dict[int, Any] = {}
+    for depth in graph._nodes_by_depth:
+        for node in graph._nodes_by_depth[depth]:
+            if id(node) not in changing_nodes:
+                continue
+            for tensor in node.input_tensors:
+                parent = tensor._keras_history.operation
+                if parent is None or isinstance(parent, keras.layers.InputLayer):
+                    return changing, []  # a changing layer reads the input: nothing to reuse
+                if id(parent) not in changing:
+                    handover[id(tensor)] = tensor
+    for tensor in graph.outputs:
+        if id(tensor._keras_history.operation) not in changing:
+            return changing, []
+    return changing, list(handover.values())
+
+
+def _nodes_in(graph: Any, layer: keras.layers.Layer) -> list[Any]:
+    return [
+        node
+        for nodes in graph._nodes_by_depth.values()
+        for node in nodes
+        if node.operation is layer
+    ]
+
+
+def _top(model: keras.Model, path: str) -> int:
+    """The id of the direct sublayer of `model` that holds the layer at `path`."""
+    name = path.split("/", 1)[0]
+    for layer in model._flatten_layers(include_self=False, recursive=False):
+        if layer.name == name:
+            return id(layer)
+    return -1
+
+
+def _path(key: str) -> str:
+    return key.split("@", 1)[0]
+
+
+def _identity_selector(lens: Lens, fixed: list[str]):
+    """A selector of exactly the lens's layers that are not fixed."""
+    chosen = {id(layer) for path, layer in lens.layers if path not in set(fixed)}
+    return lambda layer: id(layer) in chosen
+
+
+def _fingerprint(model: keras.Model, fixed: list[str]) -> str:
+    """A digest of every weight the fixed layers hold (the containers' included)."""
+    digest = hashlib.blake2b(digest_size=16)
+    tops = {_top(model, path) for path in fixed}
+    for layer in model._flatten_layers(include_self=False, recursive=False):
+        if id(layer) in tops:
+            for weight in layer.weights:
+                digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).data)
+    return digest.hexdigest()
+
+
+def _is_arrays(probe: Any) -> bool:
+    """An array, or a list of arrays (a multi-input model's): what `predict` takes as is.
+    A dataset may change between analyses, and then nothing could be reused."""
+    if isinstance(probe, (list, tuple)):
+        return bool(probe) and all(isinstance(v, np.ndarray) for v in probe)
+    return isinstance(probe, np.ndarray)
+
+
+def _first(probe: Any) -> np.ndarray:
+    return probe if isinstance(probe, np.ndarray) else probe[0]
