@@ -115,6 +115,26 @@ class Lens:
         strategy = strategy or distributed.current_strategy()
         if strategy is not None:
             return self._distributed(strategy).capture(data, batch_size, progress)
+        return self._capture(data, batch_size, progress, outputs=None)
+
+    def capture_with_outputs(self, data: Any, batch_size: int = 256) -> tuple[dict, Any]:
+        """`capture`, and the model's outputs on every sample of `data` from the same pass.
+
+        The outputs grow with the data (as `model.predict`'s do): meant for a probe of a
+        few hundred samples.
+
+        Returns:
+            `(stats, outputs)`: the statistics as `capture` returns them, and the outputs
+            as NumPy arrays in the structure of the model's outputs.
+        """
+        outputs: list = []
+        stats = self._capture(data, batch_size, None, outputs=outputs)
+        joined = tf.nest.map_structure(lambda *parts: np.concatenate(parts), *outputs)
+        return stats, joined
+
+    def _capture(
+        self, data: Any, batch_size: int, progress: Progress | None, outputs: list | None
+    ) -> dict[str, LayerStats]:
         recorder = self.recorder
         batches, total = iterate_batches(data, batch_size, recorder.input_rank())
         total_sums: Sums | None = None
@@ -125,7 +145,11 @@ class Lens:
             size = int(tf.nest.flatten(batch)[0].shape[0])
             if size == 0:  # nothing to add, and oneDNN's fused convolutions fail on it
                 continue
-            batch_sites, part = recorder.batch_sums(batch)
+            if outputs is None:
+                batch_sites, part = recorder.batch_sums(batch)
+            else:
+                batch_sites, part, batch_outputs = recorder.batch_sums_outputs(batch)
+                outputs.append(batch_outputs)
             if total_sums is None:
                 sites, total_sums = batch_sites, part
             else:

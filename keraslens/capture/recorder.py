@@ -94,8 +94,9 @@ class Recorder:
         self.sites: list[CallSite] = []
         self._traced_sites: list[CallSite] = []
         self._sites_by_spec: dict[tuple, list[CallSite]] = {}
-        self._stats_step = tf.function(self._forward_stats)
-        self._activations_step = tf.function(self._forward_activations)
+        self._stats_step = tf.function(self._forward_stats, autograph=False)
+        self._stats_outputs_step = tf.function(self._forward_stats_outputs, autograph=False)
+        self._activations_step = tf.function(self._forward_activations, autograph=False)
 
     @property
     def model(self) -> keras.layers.Layer:
@@ -141,11 +142,14 @@ class Recorder:
         The batch axis is left open, so the last, smaller batch of a dataset (and any
         later capture with another batch size) reuses the trace of the others.
         """
+        return self._trace(batch, self._stats_step)
+
+    def _trace(self, batch: Any, step: Any) -> list[CallSite]:
         specs = tf.nest.map_structure(lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype), batch)
-        signature = tuple(tf.nest.flatten(specs))
+        signature = (step is self._stats_step, *tf.nest.flatten(specs))
         if signature not in self._sites_by_spec:
             with running(self.model, batch):
-                traced(lambda: self._stats_step.get_concrete_function(specs))
+                traced(lambda: step.get_concrete_function(specs))
             self._sites_by_spec[signature] = self._traced_sites
         self.sites = self._sites_by_spec[signature]
         return self.sites
@@ -157,10 +161,18 @@ class Recorder:
         and their histograms one per row: one `Sums` for the whole model, so merging a
         batch is a few NumPy operations, not a few per layer.
         """
-        sites = self.trace(batch)
+        sites = self._trace(batch, self._stats_step)
         with running(self.model, batch):
             rows, shift, hist = traced(lambda: self._stats_step(batch))
         return sites, Sums(rows.numpy(), shift.numpy(), hist.numpy())
+
+    def batch_sums_outputs(self, batch: Any) -> tuple[list[CallSite], Sums, Any]:
+        """`batch_sums`, and the model's outputs on `batch` from the same pass (NumPy)."""
+        sites = self._trace(batch, self._stats_outputs_step)
+        with running(self.model, batch):
+            rows, shift, hist, outputs = traced(lambda: self._stats_outputs_step(batch))
+        outputs = tf.nest.map_structure(lambda t: t.numpy(), outputs)
+        return sites, Sums(rows.numpy(), shift.numpy(), hist.numpy()), outputs
 
     def activations(self, batch: Any) -> dict[str, tf.Tensor]:
         """The raw outputs of every call site on `batch`."""
@@ -173,9 +185,13 @@ class Recorder:
         Meant to be called while tracing; returns a dict from call-site key (`path@i`
         for the i-th call of a shared layer) to `(site, output, summary or None)`.
         """
+        return self._record(x, summarize)[0]
+
+    def _record(self, x: Any, summarize: bool) -> tuple[dict[str, tuple], Any]:
+        """`record`'s dict, and the model's outputs."""
         chosen = [layer for _, layer in self.layers]
         with record_calls(chosen, self._summarize if summarize else None) as record:
-            self.model(x, training=False)
+            outputs = self.model(x, training=False)
         sites: dict[str, tuple[CallSite, tf.Tensor, Any]] = {}
         for path, layer in self.layers:
             calls = [(t, s) for t, s in record[id(layer)] if has_units(t)]
@@ -197,7 +213,7 @@ class Recorder:
                 f"None of the selected layers of {self.model.name!r} produced a floating-point "
                 "output with a units axis; select other layers."
             )
-        return sites
+        return sites, outputs
 
     def widened(self, bounds: tuple[float, float] | None) -> tuple[float, float] | None:
         """An activation's bounds moved inwards by `epsilon`: outputs beyond are at a bound."""
@@ -210,10 +226,13 @@ class Recorder:
         return reduce.batch_summary(by_unit(tensor), bounds, self.histogram_samples)
 
     def _forward_stats(self, x: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        recorded = self.record(x, summarize=True)
+        return self._forward_stats_outputs(x)[:3]
+
+    def _forward_stats_outputs(self, x: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, Any]:
+        recorded, outputs = self._record(x, summarize=True)
         self._traced_sites = [site for site, _, _ in recorded.values()]
         rows, shifts, hists = zip(*(summary for _, _, summary in recorded.values()), strict=True)
-        return tf.concat(rows, 1), tf.concat(shifts, 0), tf.stack(hists)
+        return tf.concat(rows, 1), tf.concat(shifts, 0), tf.stack(hists), outputs
 
     def _forward_activations(self, x: Any) -> dict[str, tf.Tensor]:
         return {key: tensor for key, (_, tensor, _) in self.record(x).items()}

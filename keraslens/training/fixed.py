@@ -3,11 +3,12 @@
 In transfer learning most of the model is a frozen backbone: its layers have no
 trainable weights, and every layer upstream of them is frozen too, so on the same probe
 their outputs, and hence their statistics, are the same at every analysis. `FixedPart`
-captures the whole model once, keeps the frozen layers' statistics and the probe's values
-where the frozen part hands over to the trained one, and from then on captures only the
-trained part, run from those values. Before each reuse it checks that every weight of
-the frozen part is still what it was; if one changed (a layer unfrozen, weights loaded),
-the next analysis captures the whole model again.
+splits the model there into a prefix and a head (two functional models over the same
+layers). It captures the prefix once, keeping its layers' statistics and, from the same
+pass, the probe's values where the prefix hands over to the head; every analysis then
+captures only the head, run from those values. Before each reuse it checks that every
+weight of the prefix is still what it was; if one changed (a layer unfrozen, weights
+loaded), the prefix is captured again.
 """
 
 from __future__ import annotations
@@ -34,18 +35,13 @@ class FixedPart:
     def __init__(self, lens: Lens, fixed: list[str], prefix: keras.Model, head: keras.Model):
         self.lens = lens
         self.fixed_keys = fixed
-        self.prefix = prefix
         self.head = head
-        self.head_lens = Lens(
-            head,
-            _identity_selector(lens, fixed),
-            epsilon=lens.epsilon,
-            histogram_samples=lens.histogram_samples,
-        )
+        settings = {"epsilon": lens.epsilon, "histogram_samples": lens.histogram_samples}
+        chosen = set(fixed)
+        self.prefix_lens = Lens(prefix, _among(lens, lambda path: path in chosen), **settings)
+        self.head_lens = Lens(head, _among(lens, lambda path: path not in chosen), **settings)
         self.full_captures = 0
-        self._fixed = set(fixed)
         self._stats: dict[str, LayerStats] = {}
-        self._order: list[str] = []
         self._handover: Any = None
         self._fingerprint: str | None = None
 
@@ -76,22 +72,19 @@ class FixedPart:
         return cls(lens, fixed, prefix, head)
 
     def capture(self, probe: Any, batch_size: int) -> dict[str, LayerStats]:
-        """Statistics of every layer of `lens` on `probe`: the frozen ones reused when
-        their weights are unchanged, the others captured from the handed-over values."""
+        """Statistics of every layer of `lens` on `probe`, in model order: the prefix's
+        reused while its weights are unchanged, the head's captured from the handed-over
+        values."""
         fingerprint = _fingerprint(self.lens.model, self.fixed_keys)
         if fingerprint != self._fingerprint:
-            stats = self.lens.capture(probe, batch_size)
+            self._stats, self._handover = self.prefix_lens.capture_with_outputs(probe, batch_size)
             self.full_captures += 1
-            self._order = list(stats)
-            self._stats = {key: stats[key] for key in self._order if _path(key) in self._fixed}
-            self._handover = self.prefix.predict(probe, batch_size=batch_size, verbose=0)
             self._fingerprint = fingerprint
-            return stats
-        head = self.head_lens.capture(self._handover, batch_size)
-        if set(head) | set(self._stats) != set(self._order):
-            self._fingerprint = None  # the head names its layers otherwise: capture whole
-            return self.capture(probe, batch_size)
-        return {key: self._stats[key] if key in self._stats else head[key] for key in self._order}
+        stats = {**self._stats, **self.head_lens.capture(self._handover, batch_size)}
+        order = [path for path, _ in self.lens.layers]
+        if not set(stats) <= set(order):  # a part names a layer otherwise: no split
+            return self.lens.capture(probe, batch_size)
+        return {path: stats[path] for path in order if path in stats}
 
     def outputs(self, sample: Any) -> Any:
         """The model's outputs on `sample`, the first samples of the last captured probe,
@@ -160,13 +153,9 @@ def _top(model: keras.Model, path: str) -> int:
     return -1
 
 
-def _path(key: str) -> str:
-    return key.split("@", 1)[0]
-
-
-def _identity_selector(lens: Lens, fixed: list[str]):
-    """A selector of exactly the lens's layers that are not fixed."""
-    chosen = {id(layer) for path, layer in lens.layers if path not in set(fixed)}
+def _among(lens: Lens, keep) -> Any:
+    """A selector of exactly those of the lens's layers whose path `keep` accepts."""
+    chosen = {id(layer) for path, layer in lens.layers if keep(path)}
     return lambda layer: id(layer) in chosen
 
 
