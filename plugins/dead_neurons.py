@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 
 from keraslens.capture import LayerStats
-from keraslens.capture.activations import RELU_FAMILY
 from keraslens.plugin import AnalysisContext, Finding, Option, Plugin, PluginResult, Table
 from plugins import _common
 
@@ -44,6 +43,8 @@ def dead_units(stats: LayerStats, nearly_dead_rate: float) -> tuple[str, np.ndar
         The rule applied ("fires" or "constant"), and the boolean masks of the dead
         and of the nearly dead units (disjoint).
     """
+    from keraslens.capture.activations import RELU_FAMILY
+
     seen = stats.finite_count > 0
     if stats.activation in RELU_FAMILY:
         dead = seen & (stats.positive_count == 0)

@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 
 from keraslens.capture import LayerStats
-from keraslens.capture.activations import RELU_FAMILY
 from keraslens.plugin import AnalysisContext, Option, Plugin, PluginResult, Table
 from plugins import _common
 
@@ -50,6 +49,8 @@ def saturated_units(
 
 def saturates_at_lower(stats: LayerStats) -> bool:
     """Whether outputs at the activation's lower bound are saturated (not for a ReLU)."""
+    from keraslens.capture.activations import RELU_FAMILY
+
     return stats.activation not in RELU_FAMILY
 
 
