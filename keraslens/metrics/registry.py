@@ -1,8 +1,5 @@
-"""Explanation metrics by name: a new metric is one module and one line here.
-
-Each class is imported when first looked up, so its name can be listed (a plugin's option
-choices, `keraslens plugins`) without loading TensorFlow.
-"""
+"""Explanation metrics by name: a new metric is one module and one line here (its module
+is imported when the metric is first looked up)."""
 
 from __future__ import annotations
 
