@@ -6,10 +6,9 @@ the command line's checks of paths and settings run without loading TensorFlow.
 
 from __future__ import annotations
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING
-
-from keraslens.lazy import exports
+from typing import TYPE_CHECKING, Any
 
 try:
     __version__ = version("keraslens")
@@ -33,14 +32,12 @@ _EXPORTS = {
     "PluginRun": "keraslens.result",
     "Table": "keraslens.plugin",
     "analyze": "keraslens.runner",
-    "attention": "keraslens.attention",
     "attribute": "keraslens.attr",
     "evaluate": "keraslens.metrics",
     "heatmap": "keraslens.vis",
     "load_data": "keraslens.io",
     "load_model": "keraslens.io",
     "maximize": "keraslens.vis",
-    "registry": "keraslens.registry",
     "render_html": "keraslens.report",
 }
 
@@ -74,7 +71,14 @@ __all__ = [
 ]
 
 
-__getattr__ = exports(globals(), _EXPORTS)
+def __getattr__(name: str) -> Any:
+    if name in ("registry", "attention"):
+        return importlib.import_module(f"keraslens.{name}")
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'keraslens' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
 
 
 def __dir__() -> list[str]:

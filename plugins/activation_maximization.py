@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from keraslens.capture import LayerStats
 from keraslens.errors import KeraslensError
 from keraslens.plugin import AnalysisContext, Figure, Finding, Option, Plugin, PluginResult, Table
+
+if TYPE_CHECKING:
+    from keraslens.capture import LayerStats
 
 FULL_STEPS = 100
 """Steps of a model up to `SMALL_MODEL` parameters."""

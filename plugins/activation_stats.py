@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from keraslens.capture import LayerStats
-from keraslens.capture.stats import histogram_edges
 from keraslens.plugin import AnalysisContext, Finding, Plugin, PluginResult, Table
 from plugins import _common
+
+if TYPE_CHECKING:
+    from keraslens.capture import LayerStats
 
 HISTOGRAM_BINS = 64
 """Bins of the histogram kept in the JSON result (adjacent capture buckets merged)."""
@@ -74,6 +75,8 @@ def compact_histogram(stats: LayerStats, max_bins: int) -> dict[str, np.ndarray]
     so the counts stay exact. Bin `i` holds the outputs in `[low[i], high[i])`
     (`(low[i], high[i]]` below zero).
     """
+    from keraslens.capture.stats import histogram_edges
+
     edges = histogram_edges()
     counts = stats.hist_counts
     k = 1

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from keraslens.capture import LayerStats
 from keraslens.plugin import AnalysisContext, Finding, Option, Plugin, PluginResult, Table
 from plugins import _common
+
+if TYPE_CHECKING:
+    from keraslens.capture import LayerStats
 
 _FIRES = "fires"
 _CONSTANT = "constant"

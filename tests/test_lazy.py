@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import keraslens
-from keraslens import capture
+from keraslens import attr
 from keraslens.attr import METHODS
 from keraslens.lazy import Registry
 from keraslens.metrics import METRICS
@@ -47,4 +47,4 @@ def test_package_exports_are_the_functions_not_their_submodules():
 
 def test_an_unknown_name_of_a_lazy_package_is_an_attribute_error():
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
-        capture.nothing  # noqa: B018
+        attr.nothing  # noqa: B018
