@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from keraslens import paths
 from keraslens.capture.data import arrange_inputs, input_keys
-from keraslens.errors import KeraslensError
+from keraslens.errors import KeraslensError, shape_text
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 
@@ -348,7 +348,7 @@ def _check_npy_header(stream: BinaryIO, size: int, name: str) -> None:
     held = size - stream.tell()
     if needed > held:
         raise KeraslensError(
-            f"Cannot read {name!r}: its header claims shape {_shape(shape)} of {dtype} "
+            f"Cannot read {name!r}: its header claims shape {shape_text(shape)} of {dtype} "
             f"({needed:,} bytes) but the file holds {held:,}: it is truncated or corrupt."
         )
 
@@ -463,7 +463,7 @@ def _from_images(folder: Path, model: keras.Model, rescale: float | None) -> Loa
     if len(shape) != 4 or shape[1] is None or shape[2] is None:
         raise KeraslensError(
             f"A folder of images needs a model taking images (batch, height, width, channels); "
-            f"this model expects {_shape(shape)}."
+            f"this model expects {shape_text(shape)}."
         )
     mode = {1: "grayscale", 3: "rgb", 4: "rgba"}.get(shape[3])
     if mode is None:
@@ -601,8 +601,8 @@ def check_inputs(model: keras.Model, inputs: Any, source: str = "the data") -> N
         )
         if not fits:
             raise KeraslensError(
-                f"The data in {source!r} has shape {_shape(actual)}; the model expects "
-                f"{_shape(shape)} (None: any size, first axis: samples)."
+                f"The data in {source!r} has shape {shape_text(actual)}; the model expects "
+                f"{shape_text(shape)} (None: any size, first axis: samples)."
             )
 
 
@@ -627,7 +627,3 @@ def _single_input_shape(model: keras.Model) -> tuple:
     if len(model.inputs) != 1:
         raise KeraslensError("A folder of images needs a model with a single input.")
     return tuple(model.inputs[0].shape)
-
-
-def _shape(shape: Any) -> str:
-    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keraslens.errors import KeraslensError
+from keraslens.errors import KeraslensError, shape_text
 
 
 def _is_array(value: Any) -> bool:
@@ -148,7 +148,7 @@ def check_inputs(model: keras.Model, batch: Any) -> None:
     if len(declared) != len(given):
         raise KeraslensError(
             f"Model {model.name!r} takes {len(declared)} input(s) "
-            f"({', '.join(_shape_text(s) for _, s in declared)}), got {len(given)}."
+            f"({', '.join(shape_text(s) for _, s in declared)}), got {len(given)}."
         )
     for (name, expected), tensor in zip(declared, _ordered(model, batch), strict=False):
         actual = tuple(tensor.shape[1:])
@@ -158,8 +158,8 @@ def check_inputs(model: keras.Model, batch: Any) -> None:
         )
         if not fits:
             raise KeraslensError(
-                f"Input {name!r} expects shape {_shape_text(expected)}, got data of shape "
-                f"{_shape_text((None, *actual))} (batch first). Reshape the data to match."
+                f"Input {name!r} expects shape {shape_text(expected)}, got data of shape "
+                f"{shape_text((None, *actual))} (batch first). Reshape the data to match."
             )
 
 
@@ -236,7 +236,3 @@ def _ordered(model: keras.Model, batch: Any) -> list[Any]:
     if isinstance(batch, Mapping) and keys is not None and all(key in batch for key in keys):
         return [batch[key] for key in keys]
     return tf.nest.flatten(batch)
-
-
-def _shape_text(shape: tuple) -> str:
-    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
