@@ -233,16 +233,8 @@ def _layer_value(entry: dict[str, Any], statistic: str) -> float:
 
 
 def _unit_matrix(stats: LayerStats, shown: int) -> np.ndarray:
-    seen = stats.finite_count > 0
-    columns = {
-        "mean": np.where(seen, stats.mean, np.nan),
-        "std": stats.std,
-        "min": np.where(seen, stats.min, np.nan),
-        "max": np.where(seen, stats.max, np.nan),
-        "firing rate": stats.firing_rate,
-        "non-finite rate": 1 - stats.finite_count / np.maximum(stats.count, 1),
-    }
-    return np.array([columns[name][:shown] for name in _UNIT_STATISTICS])
+    per_unit = stats.per_unit()
+    return np.array([per_unit[name][:shown] for name in _UNIT_STATISTICS])
 
 
 def _layer_figure(stats: LayerStats, entry: dict[str, Any]) -> Any:
