@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from keraslens import paths
-from keraslens.errors import KeraslensError
+from keraslens.errors import KeraslensError, shape_text
 
 EXIT_CLEAN = 0
 EXIT_FAILED = 1
@@ -187,10 +187,7 @@ def _identity(twin: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _describe(identity: Mapping[str, Any]) -> str:
-    inputs = ", ".join(
-        "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
-        for shape in identity["inputs"]
-    )
+    inputs = ", ".join(shape_text(shape) for shape in identity["inputs"])
     layers = identity["layers"]
     shown = ", ".join(layers[:4]) + (f" and {len(layers) - 4} more" if len(layers) > 4 else "")
     return f"model {identity['model']!r}, inputs {inputs or 'unknown'}, layers {shown or 'none'}"

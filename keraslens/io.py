@@ -26,8 +26,15 @@ import numpy as np
 import tensorflow as tf
 
 from keraslens import paths
-from keraslens.capture.data import arrange_inputs, input_keys
-from keraslens.errors import KeraslensError
+from keraslens.capture.data import (
+    arrange_inputs,
+    declared_inputs,
+    fits,
+    in_input_order,
+    input_keys,
+    symbolic_inputs,
+)
+from keraslens.errors import KeraslensError, shape_text
 
 MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 
@@ -348,7 +355,7 @@ def _check_npy_header(stream: BinaryIO, size: int, name: str) -> None:
     held = size - stream.tell()
     if needed > held:
         raise KeraslensError(
-            f"Cannot read {name!r}: its header claims shape {_shape(shape)} of {dtype} "
+            f"Cannot read {name!r}: its header claims shape {shape_text(shape)} of {dtype} "
             f"({needed:,} bytes) but the file holds {held:,}: it is truncated or corrupt."
         )
 
@@ -416,7 +423,7 @@ def _one_array_per_input(
 ) -> LoadedData:
     """The arrays of a `.npz` named by a multi-input model's inputs, as a dict of inputs;
     `check_inputs` names any input the file lacks."""
-    for names in (keys, [t.name for t in model.inputs]):
+    for names in (keys, [t.name for t in symbolic_inputs(model)]):
         if all(name in arrays for name in names):
             chosen = {name: arrays[name] for name in names}
             return LoadedData(chosen, labels, f"{path.name}[{', '.join(names)}]")
@@ -463,7 +470,7 @@ def _from_images(folder: Path, model: keras.Model, rescale: float | None) -> Loa
     if len(shape) != 4 or shape[1] is None or shape[2] is None:
         raise KeraslensError(
             f"A folder of images needs a model taking images (batch, height, width, channels); "
-            f"this model expects {_shape(shape)}."
+            f"this model expects {shape_text(shape)}."
         )
     mode = {1: "grayscale", 3: "rgb", 4: "rgba"}.get(shape[3])
     if mode is None:
@@ -515,7 +522,9 @@ def _from_function(spec: str, model: keras.Model) -> LoadedData:
             f"Data loader {spec!r} returned {problem}; it must return an array, a dict of "
             "arrays (one per input), (x, y) or a tf.data.Dataset."
         )
-    if isinstance(value, tuple) and len(value) == 2 and len(model.inputs) == 1:
+    inputs = symbolic_inputs(model)
+    one_input = inputs is None or len(inputs) == 1  # a subclassed model: taken as one
+    if isinstance(value, tuple) and len(value) == 2 and one_input:
         return LoadedData(value[0], np.asarray(value[1]), spec)
     return LoadedData(value, None, spec)
 
@@ -581,12 +590,13 @@ def check_inputs(model: keras.Model, inputs: Any, source: str = "the data") -> N
     """Raise a `KeraslensError` when array `inputs` are empty or do not fit the model."""
     if isinstance(inputs, (tf.data.Dataset, keras.utils.PyDataset)):
         return
-    expected = [tuple(t.shape) for t in model.inputs]
     arrays = _in_input_order(model, inputs, source)
-    if len(arrays) != len(expected):
+    declared = declared_inputs(model)
+    if declared is not None and len(arrays) != len(declared):
         raise KeraslensError(
-            f"{source} gives {len(arrays)} input arrays; the model takes {len(expected)}."
+            f"{source} gives {len(arrays)} input arrays; the model takes {len(declared)}."
         )
+    expected = [shape for _, shape in declared] if declared is not None else [None] * len(arrays)
     for array, shape in zip(arrays, expected, strict=True):
         actual = np.shape(array)
         if len(actual) == 0:
@@ -596,13 +606,10 @@ def check_inputs(model: keras.Model, inputs: Any, source: str = "the data") -> N
             )
         if actual[0] == 0:
             raise KeraslensError(f"The data in {source!r} is empty: there are no samples.")
-        fits = len(actual) == len(shape) and all(
-            want is None or want == got for want, got in zip(shape[1:], actual[1:], strict=True)
-        )
-        if not fits:
+        if shape is not None and not fits(actual, shape):
             raise KeraslensError(
-                f"The data in {source!r} has shape {_shape(actual)}; the model expects "
-                f"{_shape(shape)} (None: any size, first axis: samples)."
+                f"The data in {source!r} has shape {shape_text(actual)}; the model expects "
+                f"{shape_text(shape)} (None: any size, first axis: samples)."
             )
 
 
@@ -610,24 +617,17 @@ def _in_input_order(model: keras.Model, inputs: Any, source: str) -> list:
     """The input arrays in the order of `model.inputs`; a dict is matched by key (the
     model's input names, or the keys of the dict it was built on), never by position."""
     given = arrange_inputs(model, inputs)
-    if not isinstance(given, Mapping):
-        return list(given) if isinstance(given, (list, tuple)) else [given]
-    keys = input_keys(model) or list(given)
-    missing = [key for key in keys if key not in given]
-    extra = [key for key in given if key not in keys]
-    if missing or extra:
+    keys = input_keys(model)
+    if isinstance(given, Mapping) and set(keys or given) != set(given):
         raise KeraslensError(
             f"{source} has arrays {sorted(given)}; model {model.name!r} takes inputs "
             f"{keys}. Key one array by each input name."
         )
-    return [given[key] for key in keys]
+    return in_input_order(model, given)
 
 
 def _single_input_shape(model: keras.Model) -> tuple:
-    if len(model.inputs) != 1:
+    declared = declared_inputs(model)
+    if declared is None or len(declared) != 1:
         raise KeraslensError("A folder of images needs a model with a single input.")
-    return tuple(model.inputs[0].shape)
-
-
-def _shape(shape: Any) -> str:
-    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
+    return declared[0][1]

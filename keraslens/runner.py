@@ -16,7 +16,7 @@ import tensorflow as tf
 import keraslens
 from keraslens import registry
 from keraslens.capture import LayerStats, Lens
-from keraslens.capture.data import iterate_batches
+from keraslens.capture.data import iterate_batches, symbolic_inputs
 from keraslens.capture.traversal import LayerSelector
 from keraslens.errors import KeraslensError
 from keraslens.isolation import DEFAULT_TIME_LIMIT, contained
@@ -364,16 +364,12 @@ class Analysis:
     def _meta(self, data_source, n_samples, subset, seed, batch_size) -> dict[str, Any]:
         """The report's description of a run: model, data, settings, plugin versions, date."""
         model = self.model
-        try:
-            input_shapes = [list(t.shape) for t in model.inputs]
-        except (AttributeError, ValueError):
-            input_shapes = []
         layers = self.layers
         return {
             "model": model.name,
             "model_class": type(model).__name__,
             "parameters": int(model.count_params()) if model.built else None,
-            "input_shapes": input_shapes,
+            "input_shapes": [list(t.shape) for t in symbolic_inputs(model) or []],
             "data_source": data_source or "in-memory data",
             "samples": n_samples,
             "sampled": subset is not None,

@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from keraslens.attr.compat import (
-    check_path,
-    functional_view,
-    input_shape_of,
-    parse_output,
-    require_continuous_input,
-)
-from keraslens.attr.layers import last_spatial_layer, layer_shapes
-from keraslens.capture import LayerStats
 from keraslens.errors import KeraslensError
 from keraslens.plugin import AnalysisContext, Figure, Finding, Option, Plugin, PluginResult, Table
-from keraslens.vis.figures import maximization_montage
-from keraslens.vis.maximize import maximize, unit_activations
+
+if TYPE_CHECKING:
+    from keraslens.capture import LayerStats
 
 FULL_STEPS = 100
 """Steps of a model up to `SMALL_MODEL` parameters."""
@@ -90,10 +82,14 @@ class ActivationMaximization(Plugin):
     @classmethod
     def validate(cls, model: Any, options: dict[str, Any]) -> None:
         """Refuse a path in `layers` that the model does not have, listing what it has."""
+        from keraslens.attr.compat import check_path
+
         for layer in options["layers"]:
             check_path(model, layer.split("/"))
 
     def analyze(self, ctx: AnalysisContext) -> PluginResult:
+        from keraslens.attr.compat import input_shape_of
+
         reason = _skip_reason(ctx)
         if reason is not None:
             return PluginResult(
@@ -143,6 +139,8 @@ class ActivationMaximization(Plugin):
 
 
 def _skip_reason(ctx: AnalysisContext) -> str | None:
+    from keraslens.attr.compat import require_continuous_input
+
     if not isinstance(ctx.sample, np.ndarray):
         return "the model takes several inputs; activation maximization needs one."
     try:
@@ -169,6 +167,8 @@ def _chosen(model, options: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def _targets(ctx: AnalysisContext, x: np.ndarray, shape: tuple, options) -> dict[str, tuple]:
     """Report name -> (layer or None, output, units): each output's classes, then the
     extreme units of each layer."""
+    from keraslens.attr.compat import functional_view, parse_output
+
     names = functional_view(ctx.model, shape).output_names
     output = parse_output(options["output"])
     outputs = [output] if output is not None else (list(names) if len(names) > 1 else [None])
@@ -185,6 +185,8 @@ def _targets(ctx: AnalysisContext, x: np.ndarray, shape: tuple, options) -> dict
 
 
 def _classes(ctx: AnalysisContext, x: np.ndarray, options: dict[str, Any], output) -> list[int]:
+    from keraslens.vis.maximize import unit_activations
+
     if options["classes"]:
         try:
             return [int(c) for c in options["classes"]]
@@ -199,6 +201,8 @@ def _classes(ctx: AnalysisContext, x: np.ndarray, options: dict[str, Any], outpu
 def _default_layers(model, shape: tuple) -> list[str]:
     """The heatmaps' default layer (the last spatial one), else the last layer before the
     output (a dense or recurrent model)."""
+    from keraslens.attr.layers import last_spatial_layer, layer_shapes
+
     spatial = last_spatial_layer(model, shape)
     if spatial is not None:
         return [spatial]
@@ -210,6 +214,8 @@ def _extreme_units(
 ) -> list[int]:
     """The most and least active units by mean activation (capture statistics, else the
     sample), by decreasing mean."""
+    from keraslens.vis.maximize import unit_activations
+
     if stats and layer in stats:
         mean = np.asarray(stats[layer].mean)
     else:
@@ -220,6 +226,9 @@ def _extreme_units(
 
 
 def _maximize_layer(ctx, x, name, layer, output, units, settings) -> tuple[dict[str, Any], Figure]:
+    from keraslens.vis.figures import maximization_montage
+    from keraslens.vis.maximize import maximize, unit_activations
+
     synthesised = maximize(ctx.model, layer, units, output=output, **settings)
     natural = unit_activations(ctx.model, layer, x, output)[:, units]
     best = natural.argmax(axis=0)

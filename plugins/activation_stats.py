@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from keraslens.capture import LayerStats
-from keraslens.capture.stats import histogram_edges
 from keraslens.plugin import AnalysisContext, Finding, Plugin, PluginResult, Table
 from plugins import _common
+
+if TYPE_CHECKING:
+    from keraslens.capture import LayerStats
 
 HISTOGRAM_BINS = 64
 """Bins of the histogram kept in the JSON result (adjacent capture buckets merged)."""
@@ -74,6 +75,8 @@ def compact_histogram(stats: LayerStats, max_bins: int) -> dict[str, np.ndarray]
     so the counts stay exact. Bin `i` holds the outputs in `[low[i], high[i])`
     (`(low[i], high[i]]` below zero).
     """
+    from keraslens.capture.stats import histogram_edges
+
     edges = histogram_edges()
     counts = stats.hist_counts
     k = 1
@@ -230,16 +233,8 @@ def _layer_value(entry: dict[str, Any], statistic: str) -> float:
 
 
 def _unit_matrix(stats: LayerStats, shown: int) -> np.ndarray:
-    seen = stats.finite_count > 0
-    columns = {
-        "mean": np.where(seen, stats.mean, np.nan),
-        "std": stats.std,
-        "min": np.where(seen, stats.min, np.nan),
-        "max": np.where(seen, stats.max, np.nan),
-        "firing rate": stats.firing_rate,
-        "non-finite rate": 1 - stats.finite_count / np.maximum(stats.count, 1),
-    }
-    return np.array([columns[name][:shown] for name in _UNIT_STATISTICS])
+    per_unit = stats.per_unit()
+    return np.array([per_unit[name][:shown] for name in _UNIT_STATISTICS])
 
 
 def _layer_figure(stats: LayerStats, entry: dict[str, Any]) -> Any:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from keraslens.attention import HeadStats, capture, maps
 from keraslens.errors import KeraslensError
 from keraslens.plugin import AnalysisContext, Figure, Finding, Option, Plugin, PluginResult, Table
 from plugins import _common
+
+if TYPE_CHECKING:
+    from keraslens.attention.capture import AttentionCapture
+    from keraslens.attention.stats import HeadStats
 
 MAX_GRID_HEADS = 16
 """Heads drawn per layer in the head grid."""
@@ -67,6 +70,8 @@ class Attention(Plugin):
     }
 
     def analyze(self, ctx: AnalysisContext) -> PluginResult:
+        from keraslens.attention import HeadStats, capture
+
         try:
             run = capture.capture_for(ctx.model)
         except KeraslensError as error:
@@ -230,8 +235,10 @@ def _head_grid(shown: dict[str, np.ndarray], index: int) -> Figure:
     return _common.render(fig, "Attention heads, one sample", " ".join(n for n in notes if n))
 
 
-def _rollout_figure(sample: Any, run: capture.AttentionCapture) -> Figure | None:
+def _rollout_figure(sample: Any, run: AttentionCapture) -> Figure | None:
     """Images with their attention rollout, for a model whose tokens are image patches."""
+    from keraslens.attention import maps
+
     if (
         not isinstance(sample, np.ndarray)
         or sample.ndim != 4

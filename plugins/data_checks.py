@@ -12,16 +12,16 @@ Three checks, each with a rule documented in docs/analyses.md:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
-import tensorflow as tf
 
 from keraslens.plugin import AnalysisContext, Finding, Option, Plugin, PluginResult, Table
 
+if TYPE_CHECKING:
+    import keras
+
 RAW_PIXEL_MAX = 255.0
-_PREPROCESSING = (keras.layers.Rescaling, keras.layers.Normalization)
 
 
 class DataChecks(Plugin):
@@ -63,6 +63,8 @@ class DataChecks(Plugin):
 
     def analyze(self, ctx: AnalysisContext) -> PluginResult:
         """Run the three checks."""
+        import tensorflow as tf
+
         result = PluginResult(data={})
         inputs = tf.nest.flatten(ctx.sample)
         scaling = _scaling(ctx.model, inputs)
@@ -92,6 +94,8 @@ class DataChecks(Plugin):
 
 def _scaling(model: keras.Model, inputs: list[np.ndarray]) -> dict[str, Any]:
     """The data's range against the model's preprocessing layer, for the first input."""
+    import keras
+
     x = np.asarray(inputs[0])
     if not np.issubdtype(x.dtype, np.number) or x.size == 0:
         return {"data": {}, "findings": []}
@@ -126,8 +130,10 @@ def _scaling(model: keras.Model, inputs: list[np.ndarray]) -> dict[str, Any]:
 def _preprocessing_layer(model: keras.Model) -> keras.layers.Layer | None:
     """The first Rescaling or Normalization layer, if it comes before any layer with
     weights (a later one rescales features, not the input)."""
+    import keras
+
     for layer in getattr(model, "layers", []):
-        if isinstance(layer, _PREPROCESSING):
+        if isinstance(layer, (keras.layers.Rescaling, keras.layers.Normalization)):
             return layer
         if isinstance(layer, keras.Model):
             return _preprocessing_layer(layer)
@@ -191,6 +197,8 @@ def _normalization_finding(layer: keras.layers.Normalization, x: np.ndarray) -> 
 
 def _predictions(ctx: AnalysisContext, limit: float) -> dict[str, Any]:
     """Per output with two or more classes: the share of the most predicted class."""
+    import tensorflow as tf
+
     outputs = tf.nest.flatten(ctx.outputs)
     names = list(getattr(ctx.model, "output_names", None) or [])
     data, findings = {}, []
@@ -239,6 +247,8 @@ def _batchnorm(ctx: AnalysisContext, ratio_limit: float, shift_limit: float) -> 
     `mean_x = moving_mean + (mean_y - beta) * s / gamma`, `std_x = std_y * s / |gamma|`,
     with `s = sqrt(moving_var + eps)`.
     """
+    import keras
+
     data, rows, mismatched = {}, [], []
     for site in getattr(ctx.lens, "sites", None) or []:
         layer, stats = site.layer, (ctx.stats or {}).get(site.key)

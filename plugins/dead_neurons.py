@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from keraslens.capture import LayerStats
-from keraslens.capture.activations import RELU_FAMILY
 from keraslens.plugin import AnalysisContext, Finding, Option, Plugin, PluginResult, Table
 from plugins import _common
+
+if TYPE_CHECKING:
+    from keraslens.capture import LayerStats
 
 _FIRES = "fires"
 _CONSTANT = "constant"
@@ -44,6 +45,8 @@ def dead_units(stats: LayerStats, nearly_dead_rate: float) -> tuple[str, np.ndar
         The rule applied ("fires" or "constant"), and the boolean masks of the dead
         and of the nearly dead units (disjoint).
     """
+    from keraslens.capture.activations import RELU_FAMILY
+
     seen = stats.finite_count > 0
     if stats.activation in RELU_FAMILY:
         dead = seen & (stats.positive_count == 0)

@@ -7,24 +7,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from matplotlib.figure import Figure as MplFigure
 
-from keraslens.attr.compat import check_path, input_shape_of, parse_output
-from keraslens.attr.inputs import model_inputs
-from keraslens.attr.layers import (
-    FINE_POSITIONS,
-    finer_spatial_layer,
-    last_spatial_layer,
-    layer_shapes,
-)
+from keraslens.attr.registry import METHODS
 from keraslens.errors import KeraslensError
-from keraslens.metrics import METRICS, best_method, evaluate, verdict
-from keraslens.metrics.randomisation import weighted_layers
+from keraslens.metrics import METRICS, best_method, verdict
 from keraslens.plugin import AnalysisContext, Figure, Finding, Option, Plugin, PluginResult, Table
-from keraslens.vis.figures import heatmap_grid
-from keraslens.vis.heatmap import METHODS, explain
-from keraslens.vis.sanity import randomization_test, randomized_copy
-from keraslens.vis.tokens import token_figure, token_text
 
 CASCADE_LAYERS = 24
 """Layers with weights up to which `metrics=auto` adds cascading randomisation (one fresh
@@ -122,6 +109,8 @@ class Heatmaps(Plugin):
     @classmethod
     def validate(cls, model: Any, options: dict[str, Any]) -> None:
         """Refuse a `layer` the model lacks, or a `class_index` beyond its classes."""
+        from keraslens.attr.compat import check_path, parse_output
+
         if options["layer"]:
             check_path(model, options["layer"].split("/"))
         classes = _class_count(model, parse_output(options["output"]))
@@ -132,6 +121,9 @@ class Heatmaps(Plugin):
             )
 
     def analyze(self, ctx: AnalysisContext) -> PluginResult:
+        from keraslens.attr.compat import parse_output
+        from keraslens.attr.inputs import model_inputs
+
         options = ctx.options
         specs, arrays = model_inputs(ctx.model, ctx.sample)
         labels = _class_labels(ctx.labels)
@@ -222,6 +214,9 @@ class Heatmaps(Plugin):
         return result
 
     def _assess(self, ctx, where: Explained, method, targets, overrides, per_metric) -> tuple:
+        from keraslens.vis.heatmap import explain
+        from keraslens.vis.sanity import randomization_test
+
         options = ctx.options
         settings = {"seed": ctx.seed} if "seed" in METHODS[method].options else {}
         settings.update(sized_options(ctx.model, METHODS[method].options))
@@ -264,6 +259,8 @@ class Heatmaps(Plugin):
         self, ctx, where, method, explanation, layer, settings, per_metric
     ) -> dict[str, Any]:
         """`keraslens.evaluate` of the method on the shown samples, for the same targets."""
+        from keraslens.metrics import evaluate
+
         # Metrics that read the map alone take the attributions already computed; only those
         # whose definition needs fresh ones (randomisation, ...) run the method again.
         fresh = any(METRICS[name].needs_method for name in per_metric)
@@ -331,10 +328,16 @@ def _outputs(model, output) -> list:
 
 
 def _default_layer(model, x) -> str | None:
+    from keraslens.attr.compat import input_shape_of
+    from keraslens.attr.layers import last_spatial_layer
+
     return last_spatial_layer(model, input_shape_of(model, x))
 
 
 def _resolution_findings(model, x, layer) -> list[Finding]:
+    from keraslens.attr.compat import input_shape_of
+    from keraslens.attr.layers import FINE_POSITIONS, finer_spatial_layer, layer_shapes
+
     shape = dict(layer_shapes(model, input_shape_of(model, x))).get(layer)
     if shape is None or len(shape) < 3:
         return []
@@ -377,6 +380,9 @@ class Explained:
 
     def randomized(self, model: Any, seed: int) -> Any:
         """The model with permuted weights, made once for every method of this pass."""
+        from keraslens.attr.inputs import model_inputs
+        from keraslens.vis.sanity import randomized_copy
+
         if "model" not in self.copies:
             self.copies["model"] = randomized_copy(model, model_inputs(model, self.x)[0], seed)
         return self.copies["model"]
@@ -438,6 +444,8 @@ def resolve_metrics(model: Any, chosen: list[str], tokens: bool = False) -> list
     """The metrics `chosen` names; "auto" is `AUTO_METRICS` (for token ids, which cannot be
     perturbed, those that read the map alone), with cascading randomisation on a model of
     at most `CASCADE_LAYERS` layers with weights."""
+    from keraslens.metrics.randomisation import weighted_layers
+
     if "auto" not in chosen:
         return list(chosen)
     extra = [m for m in chosen if m != "auto"]
@@ -470,6 +478,8 @@ def _metrics_table(by_method, reports, best: str | None, per_metric, suffix: str
 
 
 def _cascading_figure(by_method, suffix: str) -> Figure | None:
+    from matplotlib.figure import Figure as MplFigure
+
     curves = {
         m: scores["randomisation"]["cascading"]
         for m, scores in by_method.items()
@@ -662,6 +672,8 @@ def read_vocabulary(path: str) -> list[str] | None:
 
 def _token_table(x, maps, prediction, vocabulary, suffix: str) -> Table:
     """Per shown sample, its tokens by decreasing attribution (the first method's map)."""
+    from keraslens.vis.tokens import token_text
+
     title, values = next(iter(maps.items()))
     rows = []
     for row, (ids, weights) in enumerate(zip(x, values, strict=True)):
@@ -679,6 +691,8 @@ def _token_table(x, maps, prediction, vocabulary, suffix: str) -> Table:
 
 
 def _token_figure(x, maps, prediction, vocabulary, suffix: str) -> Figure:
+    from keraslens.vis.tokens import token_figure, token_text
+
     title, values = next(iter(maps.items()))
     labels = [f"sample {i}: predicted {int(p)}" for i, p in enumerate(prediction.predicted)]
     return Figure.from_matplotlib(
@@ -690,6 +704,8 @@ def _token_figure(x, maps, prediction, vocabulary, suffix: str) -> Figure:
 
 
 def _grid(x, maps, prediction, labels, shown, layer, suffix: str = "") -> Figure:
+    from keraslens.vis.figures import heatmap_grid
+
     row_labels = [
         f"pred {p} ({s:.2f})" + ("" if labels is None else f"\ntrue {labels[i]}")
         for p, s, i in zip(prediction.predicted, prediction.scores, shown, strict=True)

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from keraslens.capture import LayerStats
-from keraslens.capture.activations import RELU_FAMILY
 from keraslens.plugin import AnalysisContext, Option, Plugin, PluginResult, Table
 from plugins import _common
+
+if TYPE_CHECKING:
+    from keraslens.capture import LayerStats
 
 _FIX = (
     "Scale the inputs (standardise them), use Glorot initialisation, add normalisation "
@@ -50,6 +51,8 @@ def saturated_units(
 
 def saturates_at_lower(stats: LayerStats) -> bool:
     """Whether outputs at the activation's lower bound are saturated (not for a ReLU)."""
+    from keraslens.capture.activations import RELU_FAMILY
+
     return stats.activation not in RELU_FAMILY
 
 

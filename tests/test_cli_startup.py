@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
+import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +27,10 @@ main()
 """
 
 
-def keraslens(*args, cwd=None, timeout=120):
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def keraslens(*args, cwd=None, timeout=120, env=None):
     """Run `keraslens ARGS` in a fresh interpreter; stderr ends with the heavy modules loaded."""
     return subprocess.run(
         [sys.executable, "-c", _WITH_MODULES, *map(str, args)],
@@ -31,6 +38,7 @@ def keraslens(*args, cwd=None, timeout=120):
         text=True,
         cwd=cwd,
         timeout=timeout,
+        env=env,
     )
 
 
@@ -46,6 +54,62 @@ def test_help_loads_neither_tensorflow_nor_keras(command):
     assert "Usage: keraslens" in process.stdout
     assert "tensorflow" not in loaded_modules(process)
     assert "keras" not in loaded_modules(process)
+
+
+def builtin_plugins() -> dict[str, type]:
+    """Name -> class of every entry point pyproject.toml declares for the built-in plugins."""
+    section = (ROOT / "pyproject.toml").read_text().split('"keraslens.plugins"]', 1)[1]
+    entries = re.findall(r'^([a-z-]+) = "([\w.]+):(\w+)"$', section.split("\n[", 1)[0], re.M)
+    return {name: getattr(importlib.import_module(module), cls) for name, module, cls in entries}
+
+
+def test_listing_plugins_loads_neither_tensorflow_nor_keras():
+    process = keraslens("plugins")
+    assert process.returncode == 0, process.stderr
+    assert "tensorflow" not in loaded_modules(process)
+    assert "keras" not in loaded_modules(process)
+
+
+def test_listing_plugins_shows_every_builtin_with_its_options():
+    lines = keraslens("plugins").stdout.splitlines()
+    plugins = builtin_plugins()
+    assert len(plugins) == 7
+    for name, plugin in plugins.items():
+        start = lines.index(next(line for line in lines if line.startswith(f"{name}  ")))
+        assert lines[start].startswith(f"{name}  [loaded]  keraslens ")
+        end = next(
+            (i for i in range(start + 1, len(lines)) if not lines[i].startswith("    ")),
+            len(lines),
+        )
+        assert lines[start + 1 : end] == ["    expensive: skipped by --minimal"] * (
+            plugin.expensive
+        ) + [
+            f"    {name}.{key} ({option.type.__name__}, default {option.default!r}): {option.help}"
+            for key, option in plugin.options.items()
+        ]
+
+
+def test_a_plugin_that_imports_tensorflow_at_the_top_is_listed_and_tensorflow_is_quiet(
+    tmp_path,
+):
+    (tmp_path / "heavy_plugin.py").write_text(
+        "import tensorflow as tf\n"
+        "from keraslens.plugin import Option, Plugin\n\n\n"
+        "class Heavy(Plugin):\n"
+        '    name, title = "heavy", "Heavy"\n'
+        '    options = {"depth": Option(int, 3, "How deep.")}\n'
+    )
+    info = tmp_path / "heavy_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: heavy-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[keraslens.plugins]\nheavy = heavy_plugin:Heavy\n")
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    process = keraslens("plugins", env={**os.environ, "PYTHONPATH": path})
+    assert process.returncode == 0, process.stderr
+    assert "heavy  [loaded]  heavy-plugin 1.0" in process.stdout
+    assert "    heavy.depth (int, default 3): How deep." in process.stdout
+    assert "tensorflow" in loaded_modules(process)
+    assert process.stderr.splitlines()[:-1] == []
 
 
 def test_a_missing_model_is_refused_before_tensorflow_loads(tmp_path):

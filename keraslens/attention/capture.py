@@ -12,9 +12,15 @@ import tensorflow as tf
 
 from keraslens.attention.intercept import MHA, as_matrices, scoring
 from keraslens.attr.graph import score_graph
-from keraslens.attr.inputs import _input_rank, model_inputs
+from keraslens.attr.inputs import model_inputs
 from keraslens.attr.targets import as_targets
-from keraslens.capture.data import arrange_inputs, check_inputs, iterate_batches, to_input_tensors
+from keraslens.capture.data import (
+    arrange_inputs,
+    check_inputs,
+    input_rank,
+    iterate_batches,
+    to_input_tensors,
+)
 from keraslens.capture.recorder import running, traced
 from keraslens.capture.traversal import LayerSelector, select, walk
 from keraslens.errors import KeraslensError
@@ -102,7 +108,7 @@ class AttentionCapture:
                 then each batch yields key -> that dict as NumPy instead of the maps.
         """
         step = self._step if summarize is None else self._summary_step(summarize)
-        batches, _ = iterate_batches(x, batch_size, _input_rank(self.model))
+        batches, _ = iterate_batches(x, batch_size, input_rank(self.model))
         empty = True
         for batch in batches:
             batch = self._prepare(batch)

@@ -18,7 +18,8 @@ from typing import Any
 import keras
 import numpy as np
 
-from keraslens.errors import KeraslensError
+from keraslens.capture.data import fits, symbolic_inputs
+from keraslens.errors import KeraslensError, shape_text
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ def input_shape_of(model: keras.Model, x: np.ndarray | None = None) -> tuple:
     Raises:
         KeraslensError: for multi-input models, or when `x` does not fit the model.
     """
-    declared = _declared_inputs(model)
+    declared = symbolic_inputs(model)
     if declared is not None and len(declared) != 1:
         raise KeraslensError(
             f"Model {model.name!r} has {len(declared)} inputs; keraslens.vis explains "
@@ -78,14 +79,11 @@ def input_shape_of(model: keras.Model, x: np.ndarray | None = None) -> tuple:
     if declared is None:
         return tuple(x.shape[1:])
     expected = tuple(declared[0].shape[1:])
-    fits = x.ndim == len(expected) + 1 and all(
-        e is None or e == s for e, s in zip(expected, x.shape[1:], strict=True)
-    )
-    if not fits:
+    if not fits(x.shape, (None, *expected)):
         hint = " Add the batch axis: x[None]." if x.shape == expected else ""
         raise KeraslensError(
             f"x has shape {x.shape} but model {model.name!r} takes batches of shape "
-            f"(N, {', '.join(str(d) for d in expected)}).{hint}"
+            f"{shape_text(('N', *expected))}.{hint}"
         )
     return tuple(x.shape[1:])
 
@@ -96,7 +94,7 @@ def require_continuous_input(model: keras.Model, x: np.ndarray | None = None) ->
     Gradient maps and synthesised inputs need an input that can move by small amounts;
     an `Embedding` lookup has no gradient with respect to its indices.
     """
-    declared = _declared_inputs(model)
+    declared = symbolic_inputs(model)
     dtype = declared[0].dtype if declared else (None if x is None else np.asarray(x).dtype)
     if dtype is None:
         return
@@ -107,15 +105,6 @@ def require_continuous_input(model: keras.Model, x: np.ndarray | None = None) ->
             "which have no gradient and cannot be synthesised; heatmaps and activation "
             "maximization need a continuous input such as an image."
         )
-
-
-def _declared_inputs(model: keras.Model) -> list | None:
-    if isinstance(model, keras.Sequential):
-        try:
-            return model.inputs
-        except (AttributeError, ValueError):
-            return None
-    return getattr(model, "inputs", None)
 
 
 def functional_view(model: keras.layers.Layer, input_shape: Sequence) -> keras.Model:

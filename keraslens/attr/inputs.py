@@ -11,7 +11,14 @@ import tensorflow as tf
 
 from keraslens.attr.compat import input_shape_of
 from keraslens.attr.graph import InputSpec
-from keraslens.capture.data import arrange_inputs, check_inputs, input_keys, iterate_batches
+from keraslens.capture.data import (
+    arrange_inputs,
+    check_inputs,
+    declared_dtypes,
+    input_keys,
+    input_rank,
+    iterate_batches,
+)
 from keraslens.errors import KeraslensError
 
 
@@ -27,7 +34,7 @@ def model_inputs(model: keras.Model, x: Any) -> tuple[tuple[InputSpec, ...], lis
     if isinstance(x, tf.data.Dataset):
         x = _materialise(model, x)
     x = arrange_inputs(model, x)
-    if isinstance(x, np.ndarray) and len(_declared_dtypes(model) or [None]) == 1:
+    if isinstance(x, np.ndarray) and len(declared_dtypes(model) or [None]) == 1:
         input_shape_of(model, x)  # one array: its shape against the one declared input
     check_inputs(model, x)
     keys = input_keys(model)
@@ -37,7 +44,7 @@ def model_inputs(model: keras.Model, x: Any) -> tuple[tuple[InputSpec, ...], lis
     else:
         arrays = [np.asarray(a) for a in tf.nest.flatten(x)]
         keys = keys or [f"input_{i}" for i in range(len(arrays))]
-    declared = _declared_dtypes(model)
+    declared = [dtype.name for dtype in (declared_dtypes(model) or {}).values()]
     specs = tuple(
         InputSpec(key, tuple(a.shape[1:]), declared[i] if declared else _dtype_of(a))
         for i, (key, a) in enumerate(zip(keys, arrays, strict=True))
@@ -48,26 +55,11 @@ def model_inputs(model: keras.Model, x: Any) -> tuple[tuple[InputSpec, ...], lis
 
 
 def _materialise(model: keras.Model, dataset: tf.data.Dataset) -> Any:
-    batches, _ = iterate_batches(dataset, 256, _input_rank(model))
+    batches, _ = iterate_batches(dataset, 256, input_rank(model))
     parts = [tf.nest.map_structure(np.asarray, batch) for batch in batches]
     if not parts:
         raise KeraslensError("The dataset is empty: there is nothing to explain.")
     return tf.nest.map_structure(lambda *a: np.concatenate(a), *parts)
-
-
-def _input_rank(model: keras.Model) -> int | None:
-    try:
-        return len(model.inputs[0].shape)
-    except (AttributeError, ValueError, IndexError, TypeError):
-        return None
-
-
-def _declared_dtypes(model: keras.Model) -> list[str] | None:
-    try:
-        inputs = model.inputs
-    except (AttributeError, ValueError):
-        return None
-    return [keras.backend.standardize_dtype(t.dtype) for t in inputs] if inputs else None
 
 
 def _dtype_of(array: np.ndarray) -> str:

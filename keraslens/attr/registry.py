@@ -1,44 +1,39 @@
-"""Attribution methods by name: a new method is one module and one line here."""
+"""Attribution methods by name: a new method is one module and one line here.
+
+A `Registry` imports a method's module when the method is first looked up, so the
+`heatmaps` plugin lists its choices without TensorFlow.
+"""
 
 from __future__ import annotations
 
-from keraslens.attr.gradcam import GradCAM, GradCAMPlusPlus, LayerCAM
-from keraslens.attr.gradient_input import GradientInput
-from keraslens.attr.guided_backprop import Deconvnet, GuidedBackprop
-from keraslens.attr.hsic import Hsic
-from keraslens.attr.integrated_gradients import IntegratedGradients
-from keraslens.attr.kernelshap import KernelShap
-from keraslens.attr.lime import Lime
-from keraslens.attr.method import AttributionMethod
-from keraslens.attr.occlusion import Occlusion
-from keraslens.attr.rise import Rise
-from keraslens.attr.saliency import Saliency
-from keraslens.attr.scorecam import FasterScoreCAM, ScoreCAM
-from keraslens.attr.smoothgrad import SmoothGrad, SquareGrad, VarGrad
-from keraslens.attr.sobol import Sobol
+from typing import TYPE_CHECKING
 
-METHODS: dict[str, type[AttributionMethod]] = {
-    method.name: method
-    for method in (
-        GradCAM,
-        GradCAMPlusPlus,
-        ScoreCAM,
-        FasterScoreCAM,
-        LayerCAM,
-        Saliency,
-        SmoothGrad,
-        SquareGrad,
-        VarGrad,
-        GradientInput,
-        IntegratedGradients,
-        GuidedBackprop,
-        Deconvnet,
-        Occlusion,
-        Rise,
-        KernelShap,
-        Lime,
-        Sobol,
-        Hsic,
-    )
-}
-"""Every attribution method, by the name `keraslens.attribute` takes."""
+from keraslens.lazy import Registry
+
+if TYPE_CHECKING:
+    from keraslens.attr.method import AttributionMethod
+
+METHODS: Registry[type[AttributionMethod]] = Registry(
+    {
+        "gradcam": "keraslens.attr.gradcam:GradCAM",
+        "gradcam++": "keraslens.attr.gradcam:GradCAMPlusPlus",
+        "scorecam": "keraslens.attr.scorecam:ScoreCAM",
+        "faster-scorecam": "keraslens.attr.scorecam:FasterScoreCAM",
+        "layercam": "keraslens.attr.gradcam:LayerCAM",
+        "saliency": "keraslens.attr.saliency:Saliency",
+        "smoothgrad": "keraslens.attr.smoothgrad:SmoothGrad",
+        "squaregrad": "keraslens.attr.smoothgrad:SquareGrad",
+        "vargrad": "keraslens.attr.smoothgrad:VarGrad",
+        "gradient-input": "keraslens.attr.gradient_input:GradientInput",
+        "integrated-gradients": "keraslens.attr.integrated_gradients:IntegratedGradients",
+        "guided-backprop": "keraslens.attr.guided_backprop:GuidedBackprop",
+        "deconvnet": "keraslens.attr.guided_backprop:Deconvnet",
+        "occlusion": "keraslens.attr.occlusion:Occlusion",
+        "rise": "keraslens.attr.rise:Rise",
+        "kernelshap": "keraslens.attr.kernelshap:KernelShap",
+        "lime": "keraslens.attr.lime:Lime",
+        "sobol": "keraslens.attr.sobol:Sobol",
+        "hsic": "keraslens.attr.hsic:Hsic",
+    }
+)
+"""Every attribution method, by the name `keraslens.attribute` takes (the class's `name`)."""

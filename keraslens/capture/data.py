@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keraslens.errors import KeraslensError
+from keraslens.errors import KeraslensError, shape_text
 
 
 def _is_array(value: Any) -> bool:
@@ -123,7 +123,7 @@ def arrange_inputs(model: keras.Model, batch: Any) -> Any:
 
 def check_inputs(model: keras.Model, batch: Any) -> None:
     """Raise a clear error when a batch does not fit the model's declared inputs."""
-    declared = _declared_inputs(model)
+    declared = declared_inputs(model)
     given = tf.nest.flatten(batch)
     for tensor in given:
         try:
@@ -148,19 +148,23 @@ def check_inputs(model: keras.Model, batch: Any) -> None:
     if len(declared) != len(given):
         raise KeraslensError(
             f"Model {model.name!r} takes {len(declared)} input(s) "
-            f"({', '.join(_shape_text(s) for _, s in declared)}), got {len(given)}."
+            f"({', '.join(shape_text(s) for _, s in declared)}), got {len(given)}."
         )
-    for (name, expected), tensor in zip(declared, _ordered(model, batch), strict=False):
-        actual = tuple(tensor.shape[1:])
-        wanted = tuple(expected[1:])
-        fits = len(actual) == len(wanted) and all(
-            w is None or a == w for a, w in zip(actual, wanted, strict=True)
-        )
-        if not fits:
+    for (name, expected), tensor in zip(declared, in_input_order(model, batch), strict=False):
+        if not fits(tuple(tensor.shape), expected):
             raise KeraslensError(
-                f"Input {name!r} expects shape {_shape_text(expected)}, got data of shape "
-                f"{_shape_text((None, *actual))} (batch first). Reshape the data to match."
+                f"Input {name!r} expects shape {shape_text(expected)}, got data of shape "
+                f"{shape_text((None, *tensor.shape[1:]))} (batch first). Reshape the data to "
+                "match."
             )
+
+
+def fits(shape: tuple, declared: tuple) -> bool:
+    """Whether an array of `shape` fits an input `declared` with that shape (None: any size;
+    the first axis, the samples, is not compared)."""
+    return len(shape) == len(declared) and all(
+        want is None or want == got for want, got in zip(declared[1:], shape[1:], strict=True)
+    )
 
 
 def to_input_tensors(model: keras.Model, batch: Any) -> Any:
@@ -170,7 +174,7 @@ def to_input_tensors(model: keras.Model, batch: Any) -> Any:
     become `floatx`; with them, each array takes its input's dtype, so token ids
     above 2**24 stay exact in an int32 input.
     """
-    dtypes = _declared_dtypes(model)
+    dtypes = declared_dtypes(model)
     if dtypes is None:
         return tf.nest.map_structure(_as_float_input, batch)
     if isinstance(batch, Mapping) and all(name in batch for name in dtypes):
@@ -194,8 +198,9 @@ def _as_float_input(value: Any) -> tf.Tensor:
     return tensor
 
 
-def _symbolic_inputs(model: keras.Model) -> list | None:
-    """The model's declared `keras.Input`s; None for a subclassed model (it has none)."""
+def symbolic_inputs(model: keras.Model) -> list | None:
+    """The model's declared `keras.Input`s; None for a subclassed model (it has none), where
+    reading `model.inputs` raises."""
     try:
         inputs = model.inputs
     except (AttributeError, ValueError):
@@ -206,7 +211,7 @@ def _symbolic_inputs(model: keras.Model) -> list | None:
 def input_keys(model: keras.Model) -> list[str] | None:
     """How a dict of data is keyed for each of `model.inputs`: by the keys of the dict the
     model was built on (Keras's `_inputs_struct`), else by the inputs' names."""
-    inputs = _symbolic_inputs(model)
+    inputs = symbolic_inputs(model)
     if inputs is None:
         return None
     struct = getattr(model, "_inputs_struct", None)
@@ -217,26 +222,34 @@ def input_keys(model: keras.Model) -> list[str] | None:
     return [getattr(t, "name", f"input_{i}") for i, t in enumerate(inputs)]
 
 
-def _declared_dtypes(model: keras.Model) -> dict[str, tf.DType] | None:
+def declared_dtypes(model: keras.Model) -> dict[str, tf.DType] | None:
+    """The dtype of each declared input, by its key (see `input_keys`); None for a
+    subclassed model."""
     keys = input_keys(model)
     if keys is None:
         return None
     return {key: tf.as_dtype(t.dtype) for key, t in zip(keys, model.inputs, strict=True)}
 
 
-def _declared_inputs(model: keras.Model) -> list[tuple[str, tuple]] | None:
+def input_rank(model: keras.Model) -> int | None:
+    """The rank (batch axis included) of the model's first declared input, or None."""
+    inputs = symbolic_inputs(model)
+    return len(inputs[0].shape) if inputs else None
+
+
+def declared_inputs(model: keras.Model) -> list[tuple[str, tuple]] | None:
+    """The key (see `input_keys`) and shape of each declared input, in the model's order;
+    None for a subclassed model."""
     keys = input_keys(model)
     if keys is None:
         return None
     return [(key, tuple(t.shape)) for key, t in zip(keys, model.inputs, strict=True)]
 
 
-def _ordered(model: keras.Model, batch: Any) -> list[Any]:
+def in_input_order(model: keras.Model, batch: Any) -> list[Any]:
+    """The arrays of `batch` in the order of the model's inputs: a dict holding every
+    input's key by key, anything else flattened."""
     keys = input_keys(model)
     if isinstance(batch, Mapping) and keys is not None and all(key in batch for key in keys):
         return [batch[key] for key in keys]
     return tf.nest.flatten(batch)
-
-
-def _shape_text(shape: tuple) -> str:
-    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"

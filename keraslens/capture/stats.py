@@ -279,6 +279,24 @@ class LayerStats:
         total = self.hist_counts.sum()
         return float(self.hist_counts[1023:1025].sum() / total) if total else float("nan")
 
+    def per_unit(self) -> dict[str, np.ndarray]:
+        """Each unit's summary, by the name tables and figures give it.
+
+        `mean`, `std`, `min` and `max` of its finite outputs (NaN for a unit that had
+        none), its `firing rate`, and its non-finite outputs as a count (`non-finite`) and
+        as a fraction of all of its outputs (`non-finite rate`).
+        """
+        finite = self.finite_count > 0
+        return {
+            "mean": np.where(finite, self.mean, np.nan),
+            "std": self.std,
+            "min": np.where(finite, self.min, np.nan),
+            "max": np.where(finite, self.max, np.nan),
+            "firing rate": self.firing_rate,
+            "non-finite": self.nan_count + self.inf_count,
+            "non-finite rate": 1 - self.finite_count / np.maximum(self.count, 1),
+        }
+
     def pooled(self) -> tuple[float, float]:
         """Mean and standard deviation of all of the layer's finite outputs together.
 

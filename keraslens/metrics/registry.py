@@ -1,38 +1,30 @@
-"""Explanation metrics by name: a new metric is one module and one line here."""
+"""Explanation metrics by name: a new metric is one module and one line here (its module
+is imported when the metric is first looked up)."""
 
 from __future__ import annotations
 
-from keraslens.metrics.average_drop import AverageDrop
-from keraslens.metrics.average_gain import AverageGain
-from keraslens.metrics.average_increase import AverageIncrease
-from keraslens.metrics.complexity import Complexity
-from keraslens.metrics.deletion import Deletion
-from keraslens.metrics.insertion import Insertion
-from keraslens.metrics.max_sensitivity import MaxSensitivity
-from keraslens.metrics.metric import Metric
-from keraslens.metrics.mufidelity import MuFidelity
-from keraslens.metrics.pixel_flipping import PixelFlipping
-from keraslens.metrics.random_logit import RandomLogit
-from keraslens.metrics.randomisation import Randomisation
-from keraslens.metrics.road import ROAD
-from keraslens.metrics.sparseness import Sparseness
+from typing import TYPE_CHECKING
 
-METRICS: dict[str, type[Metric]] = {
-    metric.name: metric
-    for metric in (
-        Deletion,
-        Insertion,
-        MuFidelity,
-        AverageDrop,
-        AverageIncrease,
-        AverageGain,
-        ROAD,
-        PixelFlipping,
-        MaxSensitivity,
-        Sparseness,
-        Complexity,
-        RandomLogit,
-        Randomisation,
-    )
-}
-"""Every explanation metric, by the name `keraslens.evaluate` takes."""
+from keraslens.lazy import Registry
+
+if TYPE_CHECKING:
+    from keraslens.metrics.metric import Metric
+
+METRICS: Registry[type[Metric]] = Registry(
+    {
+        "deletion": "keraslens.metrics.deletion:Deletion",
+        "insertion": "keraslens.metrics.insertion:Insertion",
+        "mufidelity": "keraslens.metrics.mufidelity:MuFidelity",
+        "average-drop": "keraslens.metrics.average_drop:AverageDrop",
+        "average-increase": "keraslens.metrics.average_increase:AverageIncrease",
+        "average-gain": "keraslens.metrics.average_gain:AverageGain",
+        "road": "keraslens.metrics.road:ROAD",
+        "pixel-flipping": "keraslens.metrics.pixel_flipping:PixelFlipping",
+        "max-sensitivity": "keraslens.metrics.max_sensitivity:MaxSensitivity",
+        "sparseness": "keraslens.metrics.sparseness:Sparseness",
+        "complexity": "keraslens.metrics.complexity:Complexity",
+        "random-logit": "keraslens.metrics.random_logit:RandomLogit",
+        "randomisation": "keraslens.metrics.randomisation:Randomisation",
+    }
+)
+"""Every explanation metric, by the name `keraslens.evaluate` takes (the class's `name`)."""

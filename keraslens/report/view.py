@@ -12,9 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from keraslens.capture import LayerStats
+from keraslens.errors import shape_text
 from keraslens.plugin import SEVERITIES, Finding, Table
 from keraslens.report import charts
 from keraslens.report.training import training_view
@@ -40,6 +39,12 @@ MAX_UNITS_LISTED = 12
 
 FACT_NAMES = ("Type", "Activation", "Output shape", "Units", "Samples")
 """What the report states about every layer."""
+
+UNIT_COLUMNS = ("mean", "std", "min", "max", "firing rate", "non-finite")
+"""The columns of a layer's per-unit table (see `LayerStats.per_unit`)."""
+
+LAYER_STATUSES = (*SEVERITIES, "ok")
+"""A layer's status, worst first: its most severe finding, or "ok" without one."""
 
 
 class Anchors:
@@ -134,8 +139,8 @@ def _layers_view(
     """The worst layers (those with findings, most severe first) get sections; every other
     layer is one row of a compact table, so a model of hundreds of layers stays short."""
     views = [_layer_view(n, result.stats.get(n), findings, anchors) for n in layer_names]
-    order = {"error": 0, "warning": 1, "info": 2, "ok": 3}
-    ranked = sorted(views, key=lambda v: order[v.status])  # stable: model order within
+    # sorted is stable: layers of one status keep the model's order.
+    ranked = sorted(views, key=lambda v: LAYER_STATUSES.index(v.status))
     flagged = [v for v in ranked if v.status != "ok"]
     sections = flagged[:MAX_LAYER_SECTIONS]
     rest = [v for v in ranked if v not in sections]
@@ -173,7 +178,7 @@ def _header(meta: dict[str, Any]) -> list[tuple[str, Any]]:
     rows = [
         ("Model", f"{meta.get('model', '')} ({meta.get('model_class', '')})"),
         ("Parameters", _thousands(meta.get("parameters"))),
-        ("Inputs", ", ".join(_shape(s) for s in meta.get("input_shapes") or []) or "unknown"),
+        ("Inputs", ", ".join(shape_text(s) for s in meta.get("input_shapes") or []) or "unknown"),
         ("Data", data),
         ("Layers", ", ".join(meta["layers"]) if meta.get("layers") else "all"),
         ("Seed", meta.get("seed")),
@@ -261,18 +266,17 @@ def _layer_view(
     name: str, stats: LayerStats | None, findings: Iterable[FindingView], anchors: Anchors
 ) -> LayerView:
     mine = [f for f in findings if f.layer == name]
-    worst = min((SEVERITIES.index(f.severity) for f in mine), default=len(SEVERITIES))
     view = LayerView(
         name=name,
         anchor=anchors("layer", name),
-        status=(*SEVERITIES, "ok")[worst],
+        status=min((f.severity for f in mine), key=LAYER_STATUSES.index, default="ok"),
         findings=mine,
     )
     if stats is not None:
         values = (
             stats.layer_type,
             stats.activation or "none",
-            _shape(stats.shape),
+            shape_text(stats.shape),
             stats.units,
             stats.samples,
         )
@@ -286,21 +290,14 @@ def _layer_view(
 
 def _unit_table(stats: LayerStats, flagged: list[int]) -> dict[str, Any]:
     """At most `MAX_UNIT_ROWS` units: those the findings name first, then by index."""
-    finite = stats.finite_count > 0
-    columns = {
-        "mean": np.where(finite, stats.mean, np.nan),
-        "std": stats.std,
-        "min": np.where(finite, stats.min, np.nan),
-        "max": np.where(finite, stats.max, np.nan),
-        "firing rate": stats.firing_rate,
-        "non-finite": stats.nan_count + stats.inf_count,
-    }
+    per_unit = stats.per_unit()
+    columns = [per_unit[name] for name in UNIT_COLUMNS]
     named = [u for u in dict.fromkeys(flagged) if 0 <= u < stats.units][:MAX_UNIT_ROWS]
     others = (u for u in range(stats.units) if u not in set(named))
     shown = named + list(itertools.islice(others, MAX_UNIT_ROWS - len(named)))
-    rows = [[unit, *(column[unit] for column in columns.values())] for unit in shown]
+    rows = [[unit, *(column[unit] for column in columns)] for unit in shown]
     return {
-        "columns": ["unit", *columns],
+        "columns": ["unit", *UNIT_COLUMNS],
         "rows": rows,
         "count": stats.units,
         "hidden": stats.units - len(shown),
@@ -323,10 +320,6 @@ def _units(units: list[int]) -> str:
     shown = ", ".join(str(u) for u in units[:MAX_UNITS_LISTED])
     more = len(units) - MAX_UNITS_LISTED
     return shown + (f" and {more} more" if more > 0 else "")
-
-
-def _shape(shape: Iterable[Any]) -> str:
-    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + ")"
 
 
 def _thousands(value: Any) -> str:
