@@ -84,11 +84,16 @@ class ScoreGraph:
         """Batch-agnostic signatures of the feeds: one trace serves every batch size."""
         return [tf.TensorSpec((None, *t.shape[1:]), t.dtype) for t in self.model.inputs]
 
+    # The compiled functions below are traced without autograph, as Keras traces its own
+    # predict and train steps: the model runs as `model.predict` runs it, and autograph's
+    # conversion of every layer call would cost about as much as the trace itself.
     @cached_property
     def logits_fn(self) -> Callable:
         """Compiled `feeds -> logits`."""
         model = self.model
-        return tf.function(lambda feeds: model(feeds, training=False), [self.feed_specs])
+        return tf.function(
+            lambda feeds: model(feeds, training=False), [self.feed_specs], autograph=False
+        )
 
     @cached_property
     def gradient_fn(self) -> Callable:
@@ -102,14 +107,15 @@ class ScoreGraph:
                 score = tf.gather(logits, targets[:, None], batch_dims=1)[:, 0]
             return tape.gradient(score, feeds[index]), logits
 
-        return tf.function(gradient, [self.feed_specs, tf.TensorSpec((None,), tf.int32)])
+        signature = [self.feed_specs, tf.TensorSpec((None,), tf.int32)]
+        return tf.function(gradient, signature, autograph=False)
 
     @cached_property
     def layer_fn(self) -> Callable:
         """Compiled `inputs -> the explained layer's output`."""
         model = self.layer_model
         specs = self.feed_specs[: len(self.specs)]
-        return tf.function(lambda inputs: model(inputs, training=False), [specs])
+        return tf.function(lambda inputs: model(inputs, training=False), [specs], autograph=False)
 
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -94,6 +94,8 @@ class Recorder:
         self.sites: list[CallSite] = []
         self._traced_sites: list[CallSite] = []
         self._sites_by_spec: dict[tuple, list[CallSite]] = {}
+        # Traced without autograph, as Keras traces its own predict step: the model runs as
+        # `model.predict` runs it, and converting every layer call would double the trace.
         self._stats_step = tf.function(self._forward_stats, autograph=False)
         self._stats_outputs_step = tf.function(self._forward_stats_outputs, autograph=False)
         self._activations_step = tf.function(self._forward_activations, autograph=False)
