@@ -97,3 +97,16 @@ def test_nothing_is_reused_when_every_layer_trains_or_the_probe_is_a_dataset(dat
     assert FixedPart.find(Lens(transfer_model(frozen=False)), x) is None
     dataset = tf.data.Dataset.from_tensor_slices(x).batch(32)
     assert FixedPart.find(Lens(transfer_model()), dataset) is None
+
+
+def test_a_changed_weight_of_a_layer_not_captured_still_means_a_full_capture(data):
+    x, _ = data
+    model = transfer_model()
+    chosen = ["backbone/conv2", "hidden", "out"]
+    fixed = FixedPart.find(Lens(model, chosen), x)
+    fixed.capture(x, 32)
+    kernel = model.get_layer("backbone").get_layer("conv").kernel  # shapes the handover
+    kernel.assign(-kernel.numpy())
+    stats = fixed.capture(x, 32)
+    assert fixed.full_captures == 2
+    assert_same_stats(stats, Lens(model, chosen).capture(x, 32))

@@ -54,9 +54,14 @@ class FixedPart:
         if graph is None:
             return None
         changing, handover = _split(graph)
-        fixed = [path for path, layer in lens.layers if id(layer) not in changing]
-        # `lens.layers` holds nested layers by path; a nested layer is fixed with its container.
-        fixed = [path for path in fixed if _top(lens.model, path) not in changing]
+        tops = {layer.name: id(layer) for layer in _direct(lens.model)}
+
+        def is_fixed(path: str, layer: keras.layers.Layer) -> bool:
+            # A nested layer (`backbone/conv`) is fixed with the container that holds it.
+            top = tops.get(path.split("/", 1)[0])
+            return top is not None and top not in changing and id(layer) not in changing
+
+        fixed = [path for path, layer in lens.layers if is_fixed(path, layer)]
         if not fixed or len(fixed) == len(lens.layers) or not handover:
             return None
         if any(len(_nodes_in(graph, layer)) > 1 for _, layer in lens.layers):
@@ -75,7 +80,7 @@ class FixedPart:
         """Statistics of every layer of `lens` on `probe`, in model order: the prefix's
         reused while its weights are unchanged, the head's captured from the handed-over
         values."""
-        fingerprint = _fingerprint(self.lens.model, self.fixed_keys)
+        fingerprint = _fingerprint(self.prefix_lens.model)
         if fingerprint != self._fingerprint:
             self._stats, self._handover = self.prefix_lens.capture_with_outputs(probe, batch_size)
             self.full_captures += 1
@@ -144,13 +149,9 @@ def _nodes_in(graph: Any, layer: keras.layers.Layer) -> list[Any]:
     ]
 
 
-def _top(model: keras.Model, path: str) -> int:
-    """The id of the direct sublayer of `model` that holds the layer at `path`."""
-    name = path.split("/", 1)[0]
-    for layer in model._flatten_layers(include_self=False, recursive=False):
-        if layer.name == name:
-            return id(layer)
-    return -1
+def _direct(model: keras.Model) -> list[keras.layers.Layer]:
+    """The layers `model` holds directly (a nested model, not its layers)."""
+    return list(model._flatten_layers(include_self=False, recursive=False))
 
 
 def _among(lens: Lens, keep) -> Any:
@@ -159,14 +160,12 @@ def _among(lens: Lens, keep) -> Any:
     return lambda layer: id(layer) in chosen
 
 
-def _fingerprint(model: keras.Model, fixed: list[str]) -> str:
-    """A digest of every weight the fixed layers hold (the containers' included)."""
+def _fingerprint(prefix: keras.Model) -> str:
+    """A digest of every weight the prefix holds, the layers not captured included: all of
+    them shape the values handed over."""
     digest = hashlib.blake2b(digest_size=16)
-    tops = {_top(model, path) for path in fixed}
-    for layer in model._flatten_layers(include_self=False, recursive=False):
-        if id(layer) in tops:
-            for weight in layer.weights:
-                digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).data)
+    for weight in prefix.weights:
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).data)
     return digest.hexdigest()
 
 
