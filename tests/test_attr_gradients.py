@@ -171,6 +171,17 @@ def test_a_second_call_with_the_same_shapes_does_not_retrace(images):
     assert graph.gradient_fn.experimental_get_tracing_count() == traces
 
 
+def test_a_gradient_method_traces_no_forward_pass_of_its_own(images):
+    model = _softmax_cnn()
+    predicted = _logits(model, images).argmax(1)
+    signed = keraslens.attribute(model, images, "gradient-input")  # targets: predicted
+    np.testing.assert_allclose(
+        signed, keraslens.attribute(model, images, "gradient-input", predicted), atol=1e-6
+    )
+    graph = score_graph(model, model_inputs(model, images)[0], 0)
+    assert "logits_fn" not in vars(graph)  # the clean logits came from the gradient pass
+
+
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_runs_on_nested_subclassed_and_multi_output_models(method, images):
     inner = keras.Sequential(

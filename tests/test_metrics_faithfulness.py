@@ -54,6 +54,25 @@ def test_the_blurred_insertion_start_loses_the_prediction_where_a_fixed_blur_kee
     assert (planted_logit(fixed, region) > 0).all()
 
 
+def test_the_blur_search_runs_once_for_the_same_samples_and_targets(monkeypatch):
+    model, x, _ = planted(8)
+    searches = []
+    search = _plumbing._search_blur
+    monkeypatch.setattr(_plumbing, "_search_blur", lambda e: searches.append(1) or search(e))
+
+    def start(samples):
+        explained = keraslens.metrics.Explained(
+            model, _scorer(model, samples), np.zeros(samples.shape), None, {}, [samples]
+        )
+        return _plumbing.start_image("blur", explained)
+
+    first = start(x)
+    np.testing.assert_array_equal(start(x.copy()), first)  # another method, the same samples
+    assert len(searches) == 1
+    start(x[::-1].copy())
+    assert len(searches) == 2
+
+
 def _scorer(model, x):
     from keraslens.attr import Scorer
     from keraslens.attr.graph import score_graph

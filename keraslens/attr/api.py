@@ -116,6 +116,7 @@ def method_scorer(
         layer=layer,
         relu_rule=explainer.relu_rule,
         batch_size=batch_size,
+        gradients=explainer.reads_gradients,
     )
 
 

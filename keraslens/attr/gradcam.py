@@ -19,6 +19,7 @@ from keraslens.errors import KeraslensError
 class GradCAM(AttributionMethod):
     """ReLU(sum_k w_k A_k), w_k the mean gradient of channel k (Selvaraju et al., 2017)."""
 
+    reads_gradients = True
     name = "gradcam"
     title = "Grad-CAM"
     citation = "Selvaraju et al. (2017), Grad-CAM: Visual Explanations from Deep Networks."

@@ -11,6 +11,7 @@ from keraslens.attr.scorer import Scorer
 class GradientInput(AttributionMethod):
     """x * d score / d x: first-order contribution of each input value (Shrikumar et al., 2016)."""
 
+    reads_gradients = True
     name = "gradient-input"
     title = "Gradient x input"
     citation = "Shrikumar et al. (2016), Not Just a Black Box (arXiv:1605.01713)."

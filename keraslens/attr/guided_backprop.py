@@ -17,6 +17,7 @@ from keraslens.attr.scorer import Scorer
 class GuidedBackprop(AttributionMethod):
     """Gradient where each ReLU passes only positive gradient at positive inputs."""
 
+    reads_gradients = True
     name = "guided-backprop"
     title = "Guided backprop"
     citation = "Springenberg et al. (2015), Striving for Simplicity: The All Convolutional Net."

@@ -20,6 +20,7 @@ class IntegratedGradients(AttributionMethod):
     the all-zero embedding).
     """
 
+    reads_gradients = True
     name = "integrated-gradients"
     title = "Integrated gradients"
     citation = "Sundararajan, Taly & Yan (2017), Axiomatic Attribution for Deep Networks."

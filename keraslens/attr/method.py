@@ -38,6 +38,8 @@ class AttributionMethod(ABC):
     magnitude: ClassVar[bool] = False
     """True when the values are magnitudes (the picture takes |.| max over channels);
     False for signed contributions (the picture sums over channels)."""
+    reads_gradients: ClassVar[bool] = False
+    """True when `attribute` reads `scorer.gradient`."""
     per_position: ClassVar[bool] = False
     """True when a value is one per position, repeated over its channels (perturbation
     methods): token attributions then take that value once instead of summing the features."""

@@ -11,6 +11,7 @@ from keraslens.attr.scorer import Scorer
 class Saliency(AttributionMethod):
     """|d score / d x|, per input value (Simonyan, Vedaldi & Zisserman, 2014)."""
 
+    reads_gradients = True
     name = "saliency"
     title = "Saliency"
     citation = "Simonyan, Vedaldi & Zisserman (2014), Deep Inside Convolutional Networks."

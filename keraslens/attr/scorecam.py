@@ -21,6 +21,7 @@ class ScoreCAM(GradCAM):
     Gradient-free: one forward pass per channel and sample.
     """
 
+    reads_gradients = False
     name = "scorecam"
     title = "Score-CAM"
     citation = "Wang et al. (2020), Score-CAM: Score-Weighted Visual Explanations for CNNs."

@@ -19,6 +19,7 @@ from keraslens.plugin import Option
 class SmoothGrad(AttributionMethod):
     """The mean gradient over `samples` copies of x + N(0, (noise * (max x - min x))^2)."""
 
+    reads_gradients = True
     name = "smoothgrad"
     title = "SmoothGrad"
     citation = "Smilkov et al. (2017), SmoothGrad: removing noise by adding noise."

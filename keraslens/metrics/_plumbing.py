@@ -8,6 +8,8 @@ channel axis, and a CAM's `(N, H, W, 1)` all reduce to the same `(N, *positions)
 
 from __future__ import annotations
 
+import hashlib
+import weakref
 from typing import Any
 
 import numpy as np
@@ -19,6 +21,10 @@ from keraslens.errors import KeraslensError
 BOOTSTRAP_RESAMPLES = 2000
 BOOTSTRAP_SEED = 0
 START_IMAGES = ("zeros", "mean", "blur")
+
+_BLURS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Per score graph, the last losing blur: several methods evaluated on the same samples
+and targets (the heatmaps plugin's) search for it once."""
 
 
 def positions_of(x: np.ndarray) -> tuple[int, ...]:
@@ -121,6 +127,17 @@ def _losing_blur(explained: Any) -> np.ndarray:
             "A blurred start needs inputs with positions (images, sequences); for tables use "
             "'zeros' or 'mean'."
         )
+    digest = hashlib.blake2b(np.ascontiguousarray(x).data, digest_size=16)
+    digest.update(np.ascontiguousarray(explained.targets).data)
+    key = (x.shape, x.dtype.str, digest.hexdigest())
+    kept = _BLURS.get(explained.scorer.graph)
+    if kept is None or kept[0] != key:
+        kept = _BLURS[explained.scorer.graph] = (key, _search_blur(explained))
+    return kept[1].copy()
+
+
+def _search_blur(explained: Any) -> np.ndarray:
+    x = explained.x
     sigmas = 2.0 ** np.arange(0, np.ceil(np.log2(max(positions_of(x)))) + 1)
     start = np.empty_like(x)
     pending = np.ones(len(x), bool)
