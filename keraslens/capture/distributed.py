@@ -39,6 +39,7 @@ from keraslens.capture.stats import (
     HIST_BINS,
     MAX_ROWS,
     MIN_ROWS,
+    ROW,
     STATISTICS,
     LayerStats,
     Sums,
@@ -239,18 +240,21 @@ class DistributedCapture:
     def _replica_step(self, batch: Any, agree_shift: bool) -> None:
         model = self.recorder.model
         values = self._replica_values(to_input_tensors(model, arrange_inputs(model, batch)))
-        if agree_shift:
-            self._agree_shift(values)
         samples = tf.cast(tf.shape(tf.nest.flatten(batch)[0])[0], tf.float64)
         recorder = self.recorder
+        summaries = {}
         for site in self._sites:
             state = self._state[site.key]
-            rows, _, hist = reduce.batch_summary(
+            summaries[site.key] = reduce.batch_summary(
                 values[site.key],
                 recorder.widened(site.bounds),
                 recorder.histogram_samples,
-                state.shift.read_value(),
+                None if agree_shift else state.shift.read_value(),
             )
+        if agree_shift:
+            summaries = self._agree_shift(summaries)
+        for key, (rows, _, hist) in summaries.items():
+            state = self._state[key]
             state.rows.assign(_accumulate(state.rows.read_value(), rows))
             state.hist.assign_add(tf.cast(hist, tf.float64))
             state.samples.assign_add(samples)
@@ -272,22 +276,30 @@ class DistributedCapture:
 
         return tf.cond(tf.shape(tf.nest.flatten(x)[0])[0] > 0, run, skip)
 
-    def _agree_shift(self, values: dict[str, tf.Tensor]) -> None:
-        """Set every replica's shift to the mean of the first global batch (0 where empty)."""
+    def _agree_shift(self, summaries: dict[str, tuple]) -> dict[str, tuple]:
+        """Set every replica's shift to the mean of the first global batch (0 where empty),
+        and return this replica's first summaries with their rows moved to it.
+
+        Each replica reduces its first batch around shifts of its own (the kernel's
+        default), so the agreement costs one all-reduce of two numbers per unit and no
+        second pass over the activations.
+        """
+        n_row, s1_row = ROW["n"], ROW["s1"]
         parts = []
-        for key in self._state:
-            finite = tf.math.is_finite(values[key])
-            parts.append(tf.reduce_sum(tf.cast(finite, tf.float32), [0, 1]))
-            parts.append(tf.reduce_sum(tf.where(finite, values[key], 0.0), [0, 1]))
+        for rows, shift, _ in summaries.values():
+            parts += [rows[n_row], shift * rows[n_row] + rows[s1_row]]
         summed = tf.distribute.get_replica_context().all_reduce(
             tf.distribute.ReduceOp.SUM, tf.concat(parts, 0)
         )
-        start = 0
-        for state in self._state.values():
-            units = state.shift.shape[0]
+        moved, start = {}, 0
+        for key, (rows, shift, hist) in summaries.items():
+            units = int(rows.shape[1])
             n, total = summed[start : start + units], summed[start + units : start + 2 * units]
-            state.shift.assign(tf.math.divide_no_nan(total, n))
+            agreed = tf.cast(tf.math.divide_no_nan(total, n), tf.float32)
+            self._state[key].shift.assign(agreed)
+            moved[key] = (_moved(rows, shift - tf.cast(agreed, tf.float64)), agreed, hist)
             start += 2 * units
+        return moved
 
     def _replica_partials(self) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """This replica's sums (one flat vector), extremes (1, extreme rows * units), shifts.
@@ -329,9 +341,9 @@ class DistributedCapture:
         total, gathered, shifts = (local(value)[0].numpy() for value in self._merged())
         highest = gathered.max(axis=0)
         units = [site.units for site in self._sites]
-        # Per replica: the shift agreement (a float32 count and sum per unit), then its sums
-        # and its extremes (float64).
-        self.exchanged_bytes = 2 * sum(units) * 4 + total.nbytes + gathered[0].nbytes
+        # Per replica: the shift agreement (a count and a sum per unit), then its sums and its
+        # extremes, all float64.
+        self.exchanged_bytes = 2 * sum(units) * 8 + total.nbytes + gathered[0].nbytes
         added, lowest, highest_rows = len(ADDED_ROWS), list(MIN_ROWS), list(MAX_ROWS)
         summed = _pieces(total, [n for u in units for n in (added * u, HIST_BINS, 1)])
         extreme = _pieces(highest, [(len(lowest) + len(highest_rows)) * u for u in units])
@@ -397,6 +409,13 @@ def _accumulators(units: int) -> _Accumulators:
 
 
 _ROW_MERGES = np.array([s.merge for s in STATISTICS])[:, None]
+
+
+def _moved(rows: tf.Tensor, offset: tf.Tensor) -> tf.Tensor:
+    """`rows` summed around `shift` moved to `shift - offset`, in float64 (`Sums.add`)."""
+    n, s1, s2 = rows[ROW["n"]], rows[ROW["s1"]], rows[ROW["s2"]]
+    moved = {ROW["s1"]: s1 + n * offset, ROW["s2"]: s2 + offset * (2.0 * s1 + n * offset)}
+    return tf.stack([moved.get(i, row) for i, row in enumerate(tf.unstack(rows))])
 
 
 def _accumulate(total: tf.Tensor, part: tf.Tensor) -> tf.Tensor:

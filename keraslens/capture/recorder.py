@@ -9,6 +9,7 @@ the first one's traces instead of retracing.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -21,6 +22,7 @@ import tensorflow as tf
 from keraslens.capture import reduce
 from keraslens.capture.activations import identify_output
 from keraslens.capture.data import arrange_inputs, check_inputs, to_input_tensors
+from keraslens.capture.derive import Summaries
 from keraslens.capture.intercept import has_units, record_calls
 from keraslens.capture.stats import Sums
 from keraslens.errors import KeraslensError
@@ -192,7 +194,8 @@ class Recorder:
     def _record(self, x: Any, summarize: bool) -> tuple[dict[str, tuple], Any]:
         """`record`'s dict, and the model's outputs."""
         chosen = [layer for _, layer in self.layers]
-        with record_calls(chosen, self._summarize if summarize else None) as record:
+        summarized = functools.partial(self._summarize, Summaries()) if summarize else None
+        with record_calls(chosen, summarized) as record:
             outputs = self.model(x, training=False)
         sites: dict[str, tuple[CallSite, tf.Tensor, Any]] = {}
         for path, layer in self.layers:
@@ -223,9 +226,15 @@ class Recorder:
             return None
         return bounds[0] + self.epsilon, bounds[1] - self.epsilon
 
-    def _summarize(self, layer: keras.layers.Layer, tensor: tf.Tensor):
+    def _summarize(self, summaries: Summaries, layer: keras.layers.Layer, tensor: tf.Tensor):
+        """The summary of one output: taken from outputs already read when it repeats or
+        joins them (see `derive`), else the kernel's."""
         bounds = self.widened(identify_output(layer, tensor)[1])
-        return reduce.batch_summary(by_unit(tensor), bounds, self.histogram_samples)
+        summary = summaries.derived(tensor, bounds)
+        if summary is None:
+            summary = reduce.batch_summary(by_unit(tensor), bounds, self.histogram_samples)
+        summaries.add(tensor, bounds, summary)
+        return summary
 
     def _forward_stats(self, x: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         return self._forward_stats_outputs(x)[:3]
