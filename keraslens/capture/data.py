@@ -232,9 +232,20 @@ def declared_dtypes(model: keras.Model) -> dict[str, tf.DType] | None:
 
 
 def input_rank(model: keras.Model) -> int | None:
-    """The rank (batch axis included) of the model's first declared input, or None."""
+    """The rank (batch axis included) of the model's first input, when it is known: its
+    declared one, else the shape a built subclassed model was built with."""
     inputs = symbolic_inputs(model)
-    return len(inputs[0].shape) if inputs else None
+    if inputs:
+        return len(inputs[0].shape)
+    # A built subclassed model has no symbolic inputs; Keras keeps the shape it was
+    # built with (`Layer._build_shapes_dict`), which is all an input rank needs.
+    build_shapes = getattr(model, "_build_shapes_dict", None) or {}
+    built_with = next(iter(build_shapes.values()), None)
+    if isinstance(built_with, (tuple, list)) and all(
+        d is None or isinstance(d, int) for d in built_with
+    ):
+        return len(built_with)
+    return None
 
 
 def declared_inputs(model: keras.Model) -> list[tuple[str, tuple]] | None:

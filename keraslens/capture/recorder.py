@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from keraslens.capture import reduce
 from keraslens.capture.activations import identify_output
-from keraslens.capture.data import arrange_inputs, check_inputs, to_input_tensors
+from keraslens.capture.data import arrange_inputs, check_inputs, input_rank, to_input_tensors
 from keraslens.capture.derive import Summaries
 from keraslens.capture.intercept import has_units, record_calls
 from keraslens.capture.stats import Sums
@@ -112,21 +112,7 @@ class Recorder:
 
     def input_rank(self) -> int | None:
         """The rank (batch axis included) of the model's first input, when it is known."""
-        try:
-            inputs = self.model.inputs
-        except (AttributeError, ValueError):
-            inputs = None
-        if inputs:
-            return len(inputs[0].shape)
-        # A built subclassed model has no symbolic inputs; Keras keeps the shape it was
-        # built with (`Layer._build_shapes_dict`), which is all an input rank needs.
-        build_shapes = getattr(self.model, "_build_shapes_dict", None) or {}
-        built_with = next(iter(build_shapes.values()), None)
-        if isinstance(built_with, (tuple, list)) and all(
-            d is None or isinstance(d, int) for d in built_with
-        ):
-            return len(built_with)
-        return None
+        return input_rank(self.model)
 
     def prepare(self, batch: Any) -> Any:
         """`batch` checked and converted to the model's input tensors; the model built."""
