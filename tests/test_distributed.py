@@ -45,7 +45,8 @@ def single_device(case: dict, model_path: str | None = None) -> dict:
     with np.load(case["data"]) as arrays:
         inputs = {name: arrays[name] for name in arrays.files}
     data = inputs["x"] if list(inputs) == ["x"] else inputs
-    return Lens(model, histogram_samples=None).capture(data, case["batch_size"])
+    lens = Lens(model, histogram_samples=case.get("histogram_samples"))
+    return lens.capture(data, case["batch_size"])
 
 
 def run_worker(cases: list[dict], folder: Path, *args: str, env: dict | None = None):
@@ -120,6 +121,15 @@ def mirrored(tmp_path_factory) -> dict[str, tuple[dict, dict]]:
         ),
         save_case(
             folder,
+            "sampled_histogram",
+            sequential,
+            {"x": rng.normal(size=(47, 6)).astype(np.float32)},
+            batch_size=12,
+            devices=4,
+            histogram_samples=5,
+        ),
+        save_case(
+            folder,
             "many_samples",
             sequential,
             {"x": rng.normal(size=(470, 6)).astype(np.float32)},
@@ -148,6 +158,14 @@ def mirrored(tmp_path_factory) -> dict[str, tuple[dict, dict]]:
 def test_mirrored_capture_equals_single_device(mirrored, name: str, replicas: int) -> None:
     case, result = mirrored[name]
     assert result["replicas"] == replicas
+    assert_same_stats(result["stats"], single_device(case))
+
+
+def test_sampled_histogram_takes_the_first_samples_of_each_global_batch(mirrored) -> None:
+    # 4 replicas of 3 samples: the first 5 of each batch of 12 are replica 0's three and
+    # replica 1's first two, as on one device, and the last, short batch's too.
+    case, result = mirrored["sampled_histogram"]
+    assert result["replicas"] == 4
     assert_same_stats(result["stats"], single_device(case))
 
 

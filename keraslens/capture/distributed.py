@@ -176,7 +176,8 @@ class DistributedCapture:
             def part(context: tf.distribute.experimental.ValueContext) -> Any:
                 start = context.replica_id_in_sync_group * per_replica
                 piece = slice(start, start + per_replica)
-                return tf.nest.map_structure(lambda a: tf.convert_to_tensor(a[piece]), batch)
+                inputs = tf.nest.map_structure(lambda a: tf.convert_to_tensor(a[piece]), batch)
+                return inputs, tf.constant(start, tf.int64)
 
             split = self.strategy.experimental_distribute_values_from_function(part)
             return split, sample_count(batch)
@@ -185,7 +186,9 @@ class DistributedCapture:
             one = tf.TensorSpec([None, *value.shape[1:]], tf.convert_to_tensor(value).dtype)
             return values_lib.PerReplicaSpec(*[one] * replicas)
 
-        return (parts(batch) for batch in source), total, tf.nest.map_structure(open_spec, first)
+        offset = values_lib.PerReplicaSpec(*[tf.TensorSpec([], tf.int64)] * replicas)
+        spec = (tf.nest.map_structure(open_spec, first), offset)
+        return (parts(batch) for batch in source), total, spec
 
     def _distribute(self, data: Any, batch_size: int):
         """A distributed dataset of model inputs, for several workers or a callable `data`.
@@ -217,7 +220,7 @@ class DistributedCapture:
         if self.strategy.extended._in_multi_worker_mode():  # each worker sees its own part
             total = None
         dataset = self.strategy.distribute_datasets_from_function(
-            lambda context: without_autotune(make(context).map(x_of))
+            lambda context: without_autotune(make(context).map(x_of).map(_at_start))
         )
         local = self.strategy.experimental_local_results
 
@@ -237,18 +240,26 @@ class DistributedCapture:
 
     # Replica functions ------------------------------------------------------------------
 
-    def _replica_step(self, batch: Any, agree_shift: bool) -> None:
+    def _replica_step(self, batch: tuple[Any, tf.Tensor], agree_shift: bool) -> None:
+        """One replica's part of a step: `batch` is its inputs and the index, in the global
+        batch, of its first sample."""
+        inputs, offset = batch
         model = self.recorder.model
-        values = self._replica_values(to_input_tensors(model, arrange_inputs(model, batch)))
-        samples = tf.cast(tf.shape(tf.nest.flatten(batch)[0])[0], tf.float64)
+        values = self._replica_values(to_input_tensors(model, arrange_inputs(model, inputs)))
+        samples = tf.cast(tf.shape(tf.nest.flatten(inputs)[0])[0], tf.float64)
         recorder = self.recorder
+        histogram_samples = recorder.histogram_samples
+        if histogram_samples is not None:
+            # The histogram takes the first samples of the global batch, as on one device:
+            # a replica whose part starts past them adds none.
+            histogram_samples = tf.maximum(histogram_samples - offset, 0)
         summaries = {}
         for site in self._sites:
             state = self._state[site.key]
             summaries[site.key] = reduce.batch_summary(
                 values[site.key],
                 recorder.widened(site.bounds),
-                recorder.histogram_samples,
+                histogram_samples,
                 None if agree_shift else state.shift.read_value(),
             )
         if agree_shift:
@@ -361,6 +372,11 @@ class DistributedCapture:
         if not stats or next(iter(stats.values())).samples == 0:
             raise KeraslensError("The data is empty: there are no samples to capture.")
         return stats
+
+
+def _at_start(*inputs: Any) -> tuple[Any, tf.Tensor]:
+    """A replica's own batch, whose histogram counts from its first sample (offset 0)."""
+    return inputs if len(inputs) > 1 else inputs[0], tf.constant(0, tf.int64)
 
 
 def _pieces(vector: np.ndarray, sizes: list[int]):
