@@ -181,9 +181,10 @@ def test_bytes_exchanged_do_not_grow_with_the_number_of_samples(mirrored) -> Non
     few, many = mirrored["two_devices"][1], mirrored["many_samples"][1]
     assert many["stats"]["dense_relu"]["samples"] == 10 * few["stats"]["dense_relu"]["samples"]
     assert many["exchanged_bytes"] == few["exchanged_bytes"]
-    # Per layer: 9 summed rows, 2 extremes and 2 for the shift, per unit; the histogram.
+    # Per unit: 9 summed rows, 2 extremes and 2 for the shift; per layer its histogram; the
+    # sample count once.
     units = 3 * 4
-    assert few["exchanged_bytes"] == 8 * (9 + 2) * units + 8 * 2 * units + 3 * 8 * (2048 + 1)
+    assert few["exchanged_bytes"] == 8 * (9 + 2) * units + 8 * 2 * units + 8 * (3 * 2048 + 1)
 
 
 def test_multiworker_capture_and_callback_on_two_processes_equal_single_device(tmp_path) -> None:
