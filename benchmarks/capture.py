@@ -19,8 +19,16 @@ ResNet50, EfficientNetB0 and DenseNet121 at 64x64, random weights), prints (medi
     next to a plain compiled forward pass over the same batches; once with glibc's
     default malloc settings, once with its mmap threshold fixed (see `peak_rss`).
 
+With --breakdown, instead: where one compiled capture step's time goes, per batch
+(alternating rounds, ratios to the plain forward pass of each round): the forward pass;
+the forward pass with every captured output handed to a no-op `tf.numpy_function` (the
+cost of reading the outputs at all: the fusions TensorFlow loses when intermediate outputs
+have a consumer, and the calls); the capture step; and the kernel alone on the same
+outputs as NumPy arrays, summed over the layers.
+
 Usage: python benchmarks/capture.py [--model reference ResNet50 ...] [--samples 2048]
   [--batch N] [--repeats 7] [--loaded] [--rss-repeats 3]  (--rss-repeats 0: timings only)
+  [--breakdown]
 """
 
 from __future__ import annotations
@@ -43,6 +51,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keraslens  # noqa: E402
+from keraslens.capture import _kernel, intercept, reduce  # noqa: E402
+from keraslens.capture.stats import HIST_BINS  # noqa: E402
 
 BATCH = 256
 
@@ -194,6 +204,64 @@ def print_ratios(title: str, times: dict[str, list[float]]) -> None:
         print(f"{labels[name]:<34}{medians[name]:>10.3f}{ratio:>12.2f}{spread:>16}")
 
 
+def breakdown(model: keras.Model, batch: tf.Tensor, repeats: int, steps: int = 4) -> None:
+    """Print where the time of one compiled capture step goes (see the module docstring)."""
+    lens = keraslens.Lens(model)
+    recorder = lens.recorder
+    recorder.trace(batch)
+    chosen = [layer for _, layer in lens.layers]
+
+    def read_only(x: tf.Tensor) -> list:
+        def touch(layer: keras.layers.Layer, tensor: tf.Tensor) -> tf.Tensor:
+            return tf.numpy_function(lambda a: np.zeros(1), [tensor], [tf.float64])[0]
+
+        with intercept.record_calls(chosen, touch) as record:
+            model(x, training=False)
+        return [summary for calls in record.values() for _, summary in calls if summary is not None]
+
+    runs = {
+        "forward pass": tf.function(lambda x: model(x, training=False)),
+        "outputs read, nothing reduced": tf.function(read_only),
+        "capture step": lambda x: recorder._stats_step(x),
+    }
+    times = {name: [] for name in runs}
+    for fn in runs.values():
+        tf.nest.map_structure(lambda t: t.numpy(), fn(batch))
+    pairs = list(runs.items())
+    for index in range(repeats):
+        for name, fn in pairs if index % 2 == 0 else pairs[::-1]:
+            start = time.perf_counter()
+            for _ in range(steps):
+                out = fn(batch)
+            tf.nest.map_structure(lambda t: t.numpy(), out)
+            times[name].append((time.perf_counter() - start) / steps)
+    outputs = [a.reshape(len(a), -1, a.shape[-1]) for a in lens.activations(batch).values()]
+    kernel = sum(min(timed(lambda a=a: _kernel_pass(a)) for _ in range(3)) for a in outputs)
+    forward = times["forward pass"]
+    print(f"{'per batch':<34}{'ms':>10}{'/ forward':>12}{'per round':>16}")
+    for name, values in times.items():
+        rounds = [t / f for t, f in zip(values, forward, strict=True)]
+        ratio = statistics.median(rounds)
+        spread = f"{min(rounds):.2f}-{max(rounds):.2f}"
+        print(f"{name:<34}{statistics.median(values) * 1e3:>10.1f}{ratio:>12.2f}{spread:>16}")
+    total = sum(a.nbytes for a in outputs)
+    print(
+        f"{'kernel alone, all outputs':<34}{kernel * 1e3:>10.1f}"
+        f"{kernel / statistics.median(forward):>12.2f}"
+        f"   ({len(outputs)} outputs, {total / 1e6:.0f} MB, {total / kernel / 1e9:.1f} GB/s)"
+    )
+
+
+def _kernel_pass(values: np.ndarray) -> None:
+    """The kernel on one output, as `reduce.batch_summary` runs it (default settings)."""
+    samples, positions, units = values.shape
+    shift = np.zeros(units, np.float32)
+    moments, hist = np.empty((len(_kernel.ROWS), units)), np.empty(HIST_BINS, np.int64)
+    flags = (True, False, 0.0, 0.0, min(32, samples))
+    threads = reduce.reduction_threads()
+    _kernel.summarize(values, samples, positions, units, shift, *flags, moments, hist, threads)
+
+
 def peak_rss_child(n: int, what: str) -> None:
     model = reference_cnn()
     if what == "capture":
@@ -248,11 +316,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--loaded", action="store_true", help="also time under a busy process")
     parser.add_argument("--rss-repeats", type=int, default=3)
+    parser.add_argument("--breakdown", action="store_true", help="where a step's time goes")
     parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--rss-what", default="capture", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
         peak_rss_child(args.rss_child, args.rss_what)
+        return
+    if args.breakdown:
+        for name in args.model:
+            build, side, batch = MODELS[name]
+            batch = args.batch or batch
+            print(f"\n{name} {side}x{side}, batch {batch}, median of {args.repeats}")
+            breakdown(build(), tf.random.uniform((batch, side, side, 3)), args.repeats)
         return
     bandwidth, flops = machine_probes()
     print(f"machine probes before the runs: read {bandwidth:.1f} GB/s, matmul {flops:.0f} GFLOP/s")

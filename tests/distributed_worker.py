@@ -70,7 +70,7 @@ def run_case(case: dict, strategy: tf.distribute.Strategy) -> dict:
         model = keras.saving.load_model(case["model"])
         if case.get("dataset"):
             data = tf.data.Dataset.from_tensor_slices(data).batch(7)
-        lens = Lens(model, histogram_samples=None)
+        lens = Lens(model, histogram_samples=case.get("histogram_samples"))
         stats = lens.capture(data, case["batch_size"], strategy=strategy)
     return {
         "stats": {

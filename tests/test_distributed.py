@@ -45,7 +45,8 @@ def single_device(case: dict, model_path: str | None = None) -> dict:
     with np.load(case["data"]) as arrays:
         inputs = {name: arrays[name] for name in arrays.files}
     data = inputs["x"] if list(inputs) == ["x"] else inputs
-    return Lens(model, histogram_samples=None).capture(data, case["batch_size"])
+    lens = Lens(model, histogram_samples=case.get("histogram_samples"))
+    return lens.capture(data, case["batch_size"])
 
 
 def run_worker(cases: list[dict], folder: Path, *args: str, env: dict | None = None):
@@ -120,6 +121,15 @@ def mirrored(tmp_path_factory) -> dict[str, tuple[dict, dict]]:
         ),
         save_case(
             folder,
+            "sampled_histogram",
+            sequential,
+            {"x": rng.normal(size=(47, 6)).astype(np.float32)},
+            batch_size=12,
+            devices=4,
+            histogram_samples=5,
+        ),
+        save_case(
+            folder,
             "many_samples",
             sequential,
             {"x": rng.normal(size=(470, 6)).astype(np.float32)},
@@ -151,11 +161,20 @@ def test_mirrored_capture_equals_single_device(mirrored, name: str, replicas: in
     assert_same_stats(result["stats"], single_device(case))
 
 
+def test_sampled_histogram_takes_the_first_samples_of_each_global_batch(mirrored) -> None:
+    # 4 replicas of 3 samples: the first 5 of each batch of 12 are replica 0's three and
+    # replica 1's first two, as on one device, and the last, short batch's too.
+    case, result = mirrored["sampled_histogram"]
+    assert result["replicas"] == 4
+    assert_same_stats(result["stats"], single_device(case))
+
+
 def test_callback_probes_under_the_mirrored_strategy_of_the_fit(mirrored) -> None:
     case, result = mirrored["fit"]
     assert (result["distributed_strategy"], result["replicas"]) == ("MirroredStrategy", 3)
     trained = single_device(case, str(Path(case["fit"]) / "trained-0.keras"))
-    # The callback's Lens samples its histogram per replica batch, so it is left out here.
+    # The callback's Lens samples its histogram (the first 32 samples of each batch), the
+    # oracle's takes every sample, so it is left out here.
     assert_same_stats(result["stats"], trained, histogram=False)
 
 
@@ -163,9 +182,10 @@ def test_bytes_exchanged_do_not_grow_with_the_number_of_samples(mirrored) -> Non
     few, many = mirrored["two_devices"][1], mirrored["many_samples"][1]
     assert many["stats"]["dense_relu"]["samples"] == 10 * few["stats"]["dense_relu"]["samples"]
     assert many["exchanged_bytes"] == few["exchanged_bytes"]
-    # Per layer: 9 summed rows, 2 extremes and 2 for the shift, per unit; the histogram.
+    # Per unit: 9 summed rows, 2 extremes and 2 for the shift; per layer its histogram; the
+    # sample count once.
     units = 3 * 4
-    assert few["exchanged_bytes"] == 8 * (9 + 2) * units + 8 * 2 * units + 3 * 8 * (2048 + 1)
+    assert few["exchanged_bytes"] == 8 * (9 + 2) * units + 8 * 2 * units + 8 * (3 * 2048 + 1)
 
 
 def test_multiworker_capture_and_callback_on_two_processes_equal_single_device(tmp_path) -> None:

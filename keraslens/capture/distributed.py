@@ -33,7 +33,7 @@ from keraslens.capture.data import (
     without_autotune,
     x_of,
 )
-from keraslens.capture.recorder import CallSite, Recorder, by_unit
+from keraslens.capture.recorder import CallSite, Recorder, by_unit, per_site
 from keraslens.capture.stats import (
     ADDED_ROWS,
     HIST_BINS,
@@ -86,8 +86,12 @@ def current_strategy() -> tf.distribute.Strategy | None:
 
 @dataclass
 class _Accumulators:
-    """One call site's per-replica state: shift, rows (len(STATISTICS), units), histogram,
-    samples."""
+    """One replica's state for every call site, the sites' units side by side: shift, rows
+    (len(STATISTICS), units), one histogram per site, samples.
+
+    One state for all sites keeps a step's bookkeeping to a few operations per replica,
+    not a few per site and replica.
+    """
 
     shift: tf.Variable
     rows: tf.Variable
@@ -112,7 +116,7 @@ class DistributedCapture:
         self.strategy = strategy
         self.exchanged_bytes = 0
         self._sites: list[CallSite] = []
-        self._state: dict[str, _Accumulators] = {}
+        self._state: _Accumulators | None = None
         run = strategy.run
         self._first_step = tf.function(lambda b: run(lambda x: self._replica_step(x, True), (b,)))
         self._step = tf.function(lambda b: run(lambda x: self._replica_step(x, False), (b,)))
@@ -176,7 +180,8 @@ class DistributedCapture:
             def part(context: tf.distribute.experimental.ValueContext) -> Any:
                 start = context.replica_id_in_sync_group * per_replica
                 piece = slice(start, start + per_replica)
-                return tf.nest.map_structure(lambda a: tf.convert_to_tensor(a[piece]), batch)
+                inputs = tf.nest.map_structure(lambda a: tf.convert_to_tensor(a[piece]), batch)
+                return inputs, tf.constant(start, tf.int64)
 
             split = self.strategy.experimental_distribute_values_from_function(part)
             return split, sample_count(batch)
@@ -185,7 +190,9 @@ class DistributedCapture:
             one = tf.TensorSpec([None, *value.shape[1:]], tf.convert_to_tensor(value).dtype)
             return values_lib.PerReplicaSpec(*[one] * replicas)
 
-        return (parts(batch) for batch in source), total, tf.nest.map_structure(open_spec, first)
+        offset = values_lib.PerReplicaSpec(*[tf.TensorSpec([], tf.int64)] * replicas)
+        spec = (tf.nest.map_structure(open_spec, first), offset)
+        return (parts(batch) for batch in source), total, spec
 
     def _distribute(self, data: Any, batch_size: int):
         """A distributed dataset of model inputs, for several workers or a callable `data`.
@@ -217,7 +224,7 @@ class DistributedCapture:
         if self.strategy.extended._in_multi_worker_mode():  # each worker sees its own part
             total = None
         dataset = self.strategy.distribute_datasets_from_function(
-            lambda context: without_autotune(make(context).map(x_of))
+            lambda context: without_autotune(make(context).map(x_of).map(_at_start))
         )
         local = self.strategy.experimental_local_results
 
@@ -229,35 +236,46 @@ class DistributedCapture:
     def _prepare(self, batch: Any) -> None:
         """Build the model, find the call sites and create their accumulators (once)."""
         batch = self.recorder.prepare(batch)
-        if self._state:
+        if self._state is not None:
             return
         self._sites = self.recorder.trace(batch)
+        units = sum(site.units for site in self._sites)
         with self.strategy.scope():
-            self._state = {site.key: _accumulators(site.units) for site in self._sites}
+            self._state = _accumulators(units, len(self._sites))
 
     # Replica functions ------------------------------------------------------------------
 
-    def _replica_step(self, batch: Any, agree_shift: bool) -> None:
+    def _replica_step(self, batch: tuple[Any, tf.Tensor], agree_shift: bool) -> None:
+        """One replica's part of a step: `batch` is its inputs and the index, in the global
+        batch, of its first sample."""
+        inputs, offset = batch
         model = self.recorder.model
-        values = self._replica_values(to_input_tensors(model, arrange_inputs(model, batch)))
-        samples = tf.cast(tf.shape(tf.nest.flatten(batch)[0])[0], tf.float64)
+        values = self._replica_values(to_input_tensors(model, arrange_inputs(model, inputs)))
+        samples = tf.cast(tf.shape(tf.nest.flatten(inputs)[0])[0], tf.float64)
         recorder = self.recorder
-        summaries = {}
+        histogram_samples = recorder.histogram_samples
+        if histogram_samples is not None:
+            # The histogram takes the first samples of the global batch, as on one device:
+            # a replica whose part starts past them adds none.
+            histogram_samples = tf.maximum(histogram_samples - offset, 0)
+        state = self._state
+        shifts = None if agree_shift else state.shift.read_value()
+        summaries, end = [], 0
         for site in self._sites:
-            state = self._state[site.key]
-            summaries[site.key] = reduce.batch_summary(
-                values[site.key],
-                recorder.widened(site.bounds),
-                recorder.histogram_samples,
-                None if agree_shift else state.shift.read_value(),
+            shift = None if shifts is None else shifts[end : end + site.units]
+            end += site.units
+            summaries.append(
+                reduce.batch_summary(
+                    values[site.key], recorder.widened(site.bounds), histogram_samples, shift
+                )
             )
+        rows, used, hists = zip(*summaries, strict=True)
+        rows = tf.concat(rows, 1)
         if agree_shift:
-            summaries = self._agree_shift(summaries)
-        for key, (rows, _, hist) in summaries.items():
-            state = self._state[key]
-            state.rows.assign(_accumulate(state.rows.read_value(), rows))
-            state.hist.assign_add(tf.cast(hist, tf.float64))
-            state.samples.assign_add(samples)
+            rows = self._agree_shift(rows, tf.concat(used, 0))
+        state.rows.assign(_accumulate(state.rows.read_value(), rows))
+        state.hist.assign_add(tf.cast(tf.stack(hists), tf.float64))
+        state.samples.assign_add(samples)
 
     def _replica_values(self, x: Any) -> dict[str, tf.Tensor]:
         """Each call site's outputs as `(samples, positions, units)`; none for an empty batch.
@@ -276,30 +294,21 @@ class DistributedCapture:
 
         return tf.cond(tf.shape(tf.nest.flatten(x)[0])[0] > 0, run, skip)
 
-    def _agree_shift(self, summaries: dict[str, tuple]) -> dict[str, tuple]:
+    def _agree_shift(self, rows: tf.Tensor, shift: tf.Tensor) -> tf.Tensor:
         """Set every replica's shift to the mean of the first global batch (0 where empty),
-        and return this replica's first summaries with their rows moved to it.
+        and return this replica's first rows, summed around `shift`, moved to it.
 
         Each replica reduces its first batch around shifts of its own (the kernel's
         default), so the agreement costs one all-reduce of two numbers per unit and no
         second pass over the activations.
         """
-        n_row, s1_row = ROW["n"], ROW["s1"]
-        parts = []
-        for rows, shift, _ in summaries.values():
-            parts += [rows[n_row], shift * rows[n_row] + rows[s1_row]]
+        n = rows[ROW["n"]]
         summed = tf.distribute.get_replica_context().all_reduce(
-            tf.distribute.ReduceOp.SUM, tf.concat(parts, 0)
+            tf.distribute.ReduceOp.SUM, tf.stack([n, shift * n + rows[ROW["s1"]]])
         )
-        moved, start = {}, 0
-        for key, (rows, shift, hist) in summaries.items():
-            units = int(rows.shape[1])
-            n, total = summed[start : start + units], summed[start + units : start + 2 * units]
-            agreed = tf.cast(tf.math.divide_no_nan(total, n), tf.float32)
-            self._state[key].shift.assign(agreed)
-            moved[key] = (_moved(rows, shift - tf.cast(agreed, tf.float64)), agreed, hist)
-            start += 2 * units
-        return moved
+        agreed = tf.cast(tf.math.divide_no_nan(summed[1], summed[0]), tf.float32)
+        self._state.shift.assign(agreed)
+        return _moved(rows, shift - tf.cast(agreed, tf.float64))
 
     def _replica_partials(self) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """This replica's sums (one flat vector), extremes (1, extreme rows * units), shifts.
@@ -307,14 +316,15 @@ class DistributedCapture:
         Every replica sums around the same shift, so the added rows merge by an all-reduce
         sum; the minima are negated, so that one gather and a maximum merge every extreme.
         """
-        sums, extremes, shifts = [], [], []
-        for state in self._state.values():
-            rows = state.rows.read_value()
-            sums += [tf.reshape(tf.gather(rows, ADDED_ROWS), [-1]), state.hist.read_value()]
-            sums.append(state.samples.read_value()[None])
-            extremes += [-rows[i] for i in MIN_ROWS] + [rows[i] for i in MAX_ROWS]
-            shifts.append(state.shift.read_value())
-        return tf.concat(sums, 0), tf.concat(extremes, 0)[None], tf.concat(shifts, 0)
+        state = self._state
+        rows = state.rows.read_value()
+        sums = [
+            tf.reshape(tf.gather(rows, ADDED_ROWS), [-1]),
+            tf.reshape(state.hist.read_value(), [-1]),
+            state.samples.read_value()[None],
+        ]
+        extremes = [-rows[i] for i in MIN_ROWS] + [rows[i] for i in MAX_ROWS]
+        return tf.concat(sums, 0), tf.concat(extremes, 0)[None], state.shift.read_value()
 
     def _replica_merged(self) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """Every replica's sums all-reduced, extremes all-gathered, and this one's shifts.
@@ -328,10 +338,10 @@ class DistributedCapture:
         return total, context.all_gather(extremes, axis=0), shifts
 
     def _replica_reset(self) -> None:
-        for state in self._state.values():
-            state.rows.assign(empty_rows(state.rows.shape[1]))
-            state.hist.assign(tf.zeros_like(state.hist))
-            state.samples.assign(tf.zeros_like(state.samples))
+        state = self._state
+        state.rows.assign(empty_rows(state.rows.shape[1]))
+        state.hist.assign(tf.zeros_like(state.hist))
+        state.samples.assign(tf.zeros_like(state.samples))
 
     # Merge ------------------------------------------------------------------------------
 
@@ -345,27 +355,22 @@ class DistributedCapture:
         # extremes, all float64.
         self.exchanged_bytes = 2 * sum(units) * 8 + total.nbytes + gathered[0].nbytes
         added, lowest, highest_rows = len(ADDED_ROWS), list(MIN_ROWS), list(MAX_ROWS)
-        summed = _pieces(total, [n for u in units for n in (added * u, HIST_BINS, 1)])
-        extreme = _pieces(highest, [(len(lowest) + len(highest_rows)) * u for u in units])
-        shifts_by_site = _pieces(shifts, units)
-        stats = {}
-        for site in self._sites:
-            rows = np.empty((len(STATISTICS), site.units))
-            rows[list(ADDED_ROWS)] = next(summed).reshape(added, site.units)
-            hist, samples = next(summed), int(round(next(summed)[0]))
-            extremes = next(extreme).reshape(-1, site.units)
-            rows[lowest], rows[highest_rows] = -extremes[: len(lowest)], extremes[len(lowest) :]
-            sums = Sums(rows, next(shifts_by_site).astype(np.float64), hist)
-            describe = site.describe(self.recorder.epsilon)
-            stats[site.key] = LayerStats.from_sums(sums, samples, **describe)
-        if not stats or next(iter(stats.values())).samples == 0:
+        width = sum(units)
+        samples = int(round(total[-1]))
+        if samples == 0:
             raise KeraslensError("The data is empty: there are no samples to capture.")
-        return stats
+        rows = np.empty((len(STATISTICS), width))
+        rows[list(ADDED_ROWS)] = total[: added * width].reshape(added, width)
+        extremes = highest.reshape(-1, width)
+        rows[lowest], rows[highest_rows] = -extremes[: len(lowest)], extremes[len(lowest) :]
+        hists = total[added * width : -1].reshape(len(units), HIST_BINS)
+        sums = Sums(rows, shifts.astype(np.float64), hists)
+        return per_site(sums, self._sites, samples, self.recorder.epsilon)
 
 
-def _pieces(vector: np.ndarray, sizes: list[int]):
-    """Consecutive slices of `vector` with the given sizes."""
-    return iter(np.split(vector, np.cumsum(sizes)[:-1]))
+def _at_start(*inputs: Any) -> tuple[Any, tf.Tensor]:
+    """A replica's own batch, whose histogram counts from its first sample (offset 0)."""
+    return inputs if len(inputs) > 1 else inputs[0], tf.constant(0, tf.int64)
 
 
 def _sample_dataset(data: Any, input_rank: int | None) -> tuple[tf.data.Dataset, int | None]:
@@ -391,7 +396,7 @@ def _arrays_of(data: Any) -> tuple[Any, int]:
     return structure, sample_count(structure)
 
 
-def _accumulators(units: int) -> _Accumulators:
+def _accumulators(units: int, sites: int) -> _Accumulators:
     def variable(initial) -> tf.Variable:
         return tf.Variable(
             initial,
@@ -403,7 +408,7 @@ def _accumulators(units: int) -> _Accumulators:
     return _Accumulators(
         shift=variable(tf.zeros(units, tf.float32)),
         rows=variable(empty_rows(units)),
-        hist=variable(tf.zeros(HIST_BINS, tf.float64)),
+        hist=variable(tf.zeros((sites, HIST_BINS), tf.float64)),
         samples=variable(tf.zeros((), tf.float64)),
     )
 

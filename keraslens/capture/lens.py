@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from keraslens.capture import distributed
 from keraslens.capture.data import iterate_batches
-from keraslens.capture.recorder import CallSite, recorder_for
+from keraslens.capture.recorder import CallSite, per_site, recorder_for
 from keraslens.capture.stats import LayerStats, Sums
 from keraslens.capture.traversal import LayerSelector, select
 from keraslens.errors import KeraslensError
@@ -160,7 +160,7 @@ class Lens:
                 progress(done, total)
         if total_sums is None:
             raise KeraslensError("The data is empty: there are no samples to capture.")
-        return _per_site(total_sums, sites, done, self.epsilon)
+        return per_site(total_sums, sites, done, self.epsilon)
 
     def _distributed(self, strategy: tf.distribute.Strategy) -> distributed.DistributedCapture:
         if self._distributed_capture is None or self._distributed_capture.strategy is not strategy:
@@ -190,16 +190,3 @@ def _check_same_units(sites: list[CallSite], others: list[CallSite]) -> None:
             "The layers' numbers of units changed between batches of one capture: give "
             "every batch the same input shape (batch size aside)."
         )
-
-
-def _per_site(
-    sums: Sums, sites: list[CallSite], samples: int, epsilon: float
-) -> dict[str, LayerStats]:
-    """The `LayerStats` of each call site from the sums of all of them side by side."""
-    ends = np.cumsum([site.units for site in sites])
-    stats = {}
-    for index, (site, end) in enumerate(zip(sites, ends, strict=True)):
-        units = slice(end - site.units, end)
-        part = Sums(sums.rows[:, units], sums.shift[units], sums.hist[index])
-        stats[site.key] = LayerStats.from_sums(part, samples, **site.describe(epsilon))
-    return stats

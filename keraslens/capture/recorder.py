@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keraslens.capture import reduce
@@ -24,7 +25,7 @@ from keraslens.capture.activations import identify_output
 from keraslens.capture.data import arrange_inputs, check_inputs, input_rank, to_input_tensors
 from keraslens.capture.derive import Summaries
 from keraslens.capture.intercept import has_units, record_calls
-from keraslens.capture.stats import Sums
+from keraslens.capture.stats import LayerStats, Sums
 from keraslens.errors import KeraslensError
 
 
@@ -233,6 +234,19 @@ class Recorder:
 
     def _forward_activations(self, x: Any) -> dict[str, tf.Tensor]:
         return {key: tensor for key, (_, tensor, _) in self.record(x).items()}
+
+
+def per_site(
+    sums: Sums, sites: list[CallSite], samples: int, epsilon: float
+) -> dict[str, LayerStats]:
+    """The `LayerStats` of each call site from the sums of all of them side by side."""
+    ends = np.cumsum([site.units for site in sites])
+    stats = {}
+    for index, (site, end) in enumerate(zip(sites, ends, strict=True)):
+        units = slice(end - site.units, end)
+        part = Sums(sums.rows[:, units], sums.shift[units], sums.hist[index])
+        stats[site.key] = LayerStats.from_sums(part, samples, **site.describe(epsilon))
+    return stats
 
 
 def by_unit(tensor: tf.Tensor) -> tf.Tensor:

@@ -31,7 +31,7 @@ MAX_THREADS = 4
 def batch_summary(
     values: tf.Tensor,
     bounds: tuple[float, float] | None,
-    histogram_samples: int | None,
+    histogram_samples: int | tf.Tensor | None,
     shift: tf.Tensor | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """Per-unit statistics of one `(samples, positions, units)` float32 batch.
@@ -43,28 +43,32 @@ def batch_summary(
     `shift` as float64, by default each unit's first finite
     value (0 where it has none), which keeps the float32 sums of squares free of
     cancellation; `hist` the int64 counts of the finite values of the first
-    `histogram_samples` samples (None: all) in the buckets of `histogram_edges`.
+    `histogram_samples` samples (None: all; a tensor: decided at run time) in the
+    buckets of `histogram_edges`.
     """
     units = int(values.shape[-1])
     given = shift is not None
     lower, upper = bounds if bounds is not None else (0.0, 0.0)
-    hist_samples = -1 if histogram_samples is None else histogram_samples
     threads = reduction_threads()
 
-    def run(batch: np.ndarray, start: np.ndarray):
+    def run(batch: np.ndarray, start: np.ndarray, hist_samples: np.ndarray):
         batch = np.ascontiguousarray(batch, np.float32)
         samples, positions, _ = batch.shape
         around = np.array(start, np.float32)  # a copy: the kernel fills it when not given
         moments = np.empty((len(STATISTICS), units))
         hist = np.empty(HIST_BINS, np.int64)
-        limit = samples if hist_samples < 0 else hist_samples
+        limit = samples if hist_samples < 0 else int(hist_samples)
         flags = (not given, bounds is not None, lower, upper, limit)
         _kernel.summarize(batch, samples, positions, units, around, *flags, moments, hist, threads)
         return moments, around.astype(np.float64), hist
 
     start = shift if given else tf.zeros([units], tf.float32)
+    limit = -1 if histogram_samples is None else histogram_samples
     moments, used, hist = tf.numpy_function(
-        run, [values, start], [tf.float64, tf.float64, tf.int64], stateful=False
+        run,
+        [values, start, tf.cast(limit, tf.int64)],
+        [tf.float64, tf.float64, tf.int64],
+        stateful=False,
     )
     moments.set_shape([len(STATISTICS), units])
     used.set_shape([units])
