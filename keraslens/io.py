@@ -304,7 +304,7 @@ def load_data(
         )
     if labels_file is not None:
         loaded.labels = _read_labels(Path(labels_file))
-    check_inputs(model, loaded.inputs, spec)
+    check_data(model, loaded.inputs, spec)
     if loaded.labels is not None:
         _check_labels(model, loaded, labels_file or labels or spec, spec)
     return loaded
@@ -422,7 +422,7 @@ def _one_array_per_input(
     path: Path, arrays: dict, labels: np.ndarray | None, model: keras.Model, keys: list[str]
 ) -> LoadedData:
     """The arrays of a `.npz` named by a multi-input model's inputs, as a dict of inputs;
-    `check_inputs` names any input the file lacks."""
+    `check_data` names any input the file lacks."""
     for names in (keys, [t.name for t in symbolic_inputs(model)]):
         if all(name in arrays for name in names):
             chosen = {name: arrays[name] for name in names}
@@ -586,8 +586,9 @@ def non_finite(model: keras.Model, inputs: Any) -> dict[str, Any] | None:
 _CHUNK = 4096
 
 
-def check_inputs(model: keras.Model, inputs: Any, source: str = "the data") -> None:
-    """Raise a `KeraslensError` when array `inputs` are empty or do not fit the model."""
+def check_data(model: keras.Model, inputs: Any, source: str = "the data") -> None:
+    """Raise a `KeraslensError` when the whole data read from `source` is empty, a scalar
+    or does not fit the model; `capture.data.check_inputs` checks each batch as it runs."""
     if isinstance(inputs, (tf.data.Dataset, keras.utils.PyDataset)):
         return
     arrays = _in_input_order(model, inputs, source)

@@ -199,7 +199,7 @@ def test_npz_without_an_array_for_an_input_names_the_inputs(tmp_path):
 
 def test_dict_of_inputs_is_matched_by_name_not_position():
     reversed_order = {"b": np.zeros((5, 3), "float32"), "a": np.ones((5, 4), "float32")}
-    io.check_inputs(two_input_model(), reversed_order)
+    io.check_data(two_input_model(), reversed_order)
 
 
 def test_scalar_npy_has_no_sample_axis(tmp_path, model):

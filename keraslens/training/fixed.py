@@ -104,7 +104,11 @@ class FixedPart:
 
 
 def _functional(model: keras.Model) -> Any:
-    """The functional graph of `model` (a Sequential's inner one), or None."""
+    """The functional graph of `model` (a Sequential's inner one), or None.
+
+    Keras 3 has no public walk of a functional graph; `_nodes_by_depth` is the one Keras
+    itself runs the model through, so the split follows exactly what `model(x)` computes.
+    """
     for graph in (model, getattr(model, "_functional", None)):
         if graph is not None and getattr(graph, "_nodes_by_depth", None):
             return graph
