@@ -185,7 +185,8 @@ def _targets(ctx: AnalysisContext, x: np.ndarray, shape: tuple, options) -> dict
 
 
 def _classes(ctx: AnalysisContext, x: np.ndarray, options: dict[str, Any], output) -> list[int]:
-    from keraslens.vis.maximize import unit_activations
+    from keraslens.attr.compat import input_shape_of
+    from keraslens.vis.maximize import unit_model
 
     if options["classes"]:
         try:
@@ -194,7 +195,10 @@ def _classes(ctx: AnalysisContext, x: np.ndarray, options: dict[str, Any], outpu
             raise KeraslensError(
                 f"activation-maximization.classes must be class indices, got {options['classes']}."
             ) from None
-    count = unit_activations(ctx.model, None, x[:1], output).shape[1]
+    # The class count is the score model's width: no pass of the model is needed.
+    count = int(
+        unit_model(ctx.model, None, input_shape_of(ctx.model, x), output).outputs[0].shape[-1]
+    )
     return list(range(min(count, options["max_classes"])))
 
 
