@@ -110,3 +110,19 @@ def test_a_changed_weight_of_a_layer_not_captured_still_means_a_full_capture(dat
     stats = fixed.capture(x, 32)
     assert fixed.full_captures == 2
     assert_same_stats(stats, Lens(model, chosen).capture(x, 32))
+
+
+def test_an_input_read_by_a_trained_layer_is_handed_over_beside_the_frozen_branch():
+    rng = np.random.default_rng(1)
+    frozen_in, trained_in = keras.Input((4,), name="a"), keras.Input((3,), name="b")
+    frozen = keras.layers.Dense(5, name="frozen", trainable=False)(frozen_in)
+    trained = keras.layers.Dense(5, name="trained")(trained_in)
+    joined = keras.layers.Concatenate(name="join")([frozen, trained])
+    model = keras.Model([frozen_in, trained_in], keras.layers.Dense(2, name="out")(joined))
+    x = [rng.normal(size=(40, 4)).astype("float32"), rng.normal(size=(40, 3)).astype("float32")]
+    fixed = FixedPart.find(Lens(model), x)
+    assert fixed.fixed_keys == ["frozen"]
+    fixed.capture(x, 16)
+    model.get_layer("trained").kernel.assign(np.ones((3, 5), "float32"))  # as training would
+    assert_same_stats(fixed.capture(x, 16), Lens(model).capture(x, 16))
+    assert fixed.full_captures == 1

@@ -117,7 +117,8 @@ def _functional(model: keras.Model) -> Any:
 
 def _split(graph: Any) -> tuple[set[int], list[Any]]:
     """The ids of the layers training can change, and the tensors where the fixed part
-    hands over to them (fixed outputs read by a changing node or returned by the model)."""
+    hands over to them (fixed outputs and model inputs read by a changing node); no
+    tensors when a model output is fixed."""
     changing: set[int] = set()
     changing_nodes: set[int] = set()
     for depth in sorted(graph._nodes_by_depth, reverse=True):  # inputs first
@@ -133,10 +134,8 @@ def _split(graph: Any) -> tuple[set[int], list[Any]]:
             if id(node) not in changing_nodes:
                 continue
             for tensor in node.input_tensors:
-                parent = tensor._keras_history.operation
-                if parent is None or isinstance(parent, keras.layers.InputLayer):
-                    return changing, []  # a changing layer reads the input: nothing to reuse
-                if id(parent) not in changing:
+                # A model input read by a trained layer is handed over as it is.
+                if id(tensor._keras_history.operation) not in changing:
                     handover[id(tensor)] = tensor
     for tensor in graph.outputs:
         if id(tensor._keras_history.operation) not in changing:
