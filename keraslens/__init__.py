@@ -38,6 +38,7 @@ _EXPORTS = {
     "load_data": "keraslens.io",
     "load_model": "keraslens.io",
     "maximize": "keraslens.vis",
+    "maximize_with_classes": "keraslens.vis",
     "render_html": "keraslens.report",
 }
 
@@ -66,6 +67,7 @@ __all__ = [
     "load_data",
     "load_model",
     "maximize",
+    "maximize_with_classes",
     "registry",
     "render_html",
 ]
@@ -106,4 +108,4 @@ if TYPE_CHECKING:
     from keraslens.report import render_html
     from keraslens.result import AnalysisResult, PluginRun
     from keraslens.runner import Analysis, analyze
-    from keraslens.vis import heatmap, maximize
+    from keraslens.vis import heatmap, maximize, maximize_with_classes

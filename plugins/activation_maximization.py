@@ -114,10 +114,13 @@ class ActivationMaximization(Plugin):
             data={"input_range": list(settings["input_range"]), "chosen": chosen, "layers": {}}
         )
         rows = []
+        synthesised = _synthesise(ctx.model, targets, settings)
         for name, (layer, output, units) in targets.items():
             if len(units) == 0:
                 continue
-            report, figure = _maximize_layer(ctx, x, name, layer, output, units, settings)
+            report, figure = _report(
+                ctx, x, name, layer, output, units, synthesised[name], settings
+            )
             result.data["layers"][name] = report
             rows += [[name, *row] for row in _rows(report)]
             result.findings += _findings(name, layer, report)
@@ -229,11 +232,36 @@ def _extreme_units(
     return list(dict.fromkeys([*order[:per_end].tolist(), *order[-per_end:].tolist()]))
 
 
-def _maximize_layer(ctx, x, name, layer, output, units, settings) -> tuple[dict[str, Any], Figure]:
-    from keraslens.vis.figures import maximization_montage
-    from keraslens.vis.maximize import maximize, unit_activations
+def _synthesise(model, targets: dict[str, tuple], settings: dict[str, Any]) -> dict[str, Any]:
+    """Report name -> its `Maximization`. A layer's units and the classes of the output its
+    model ends at are maximised together (one trace, one batch per step); the rest alone."""
+    from keraslens.vis.maximize import maximize, maximize_with_classes
 
-    synthesised = maximize(ctx.model, layer, units, output=output, **settings)
+    classes = {
+        output: name
+        for name, (layer, output, units) in targets.items()
+        if layer is None and len(units)
+    }
+    found = {}
+    for name, (layer, output, units) in targets.items():
+        partner = classes.get(output)
+        if layer is None or len(units) == 0 or partner is None or partner in found:
+            continue
+        found[name], found[partner] = maximize_with_classes(
+            model, layer, units, targets[partner][2], output=output, **settings
+        )
+    for name, (layer, output, units) in targets.items():
+        if name not in found and len(units):
+            found[name] = maximize(model, layer, units, output=output, **settings)
+    return found
+
+
+def _report(
+    ctx, x, name, layer, output, units, synthesised, settings
+) -> tuple[dict[str, Any], Figure]:
+    from keraslens.vis.figures import maximization_montage
+    from keraslens.vis.maximize import unit_activations
+
     natural = unit_activations(ctx.model, layer, x, output)[:, units]
     best = natural.argmax(axis=0)
     report = {

@@ -130,6 +130,21 @@ def test_all_units_are_one_batch_each_unit_its_own_input(digits):
     assert not np.allclose(pair.inputs[0], pair.inputs[1])
 
 
+def test_units_and_classes_together_equal_each_maximised_alone(digits):
+    from keraslens.vis.maximize import _ascent, maximize_with_classes
+
+    model, _ = digits
+    units, classes = maximize_with_classes(model, "conv2", [1, 4], [0, 7], steps=6, seed=3)
+    for together, alone in (
+        (units, maximize(model, "conv2", [1, 4], steps=6, seed=3)),
+        (classes, maximize(model, None, [0, 7], steps=6, seed=3)),
+    ):
+        np.testing.assert_allclose(together.inputs, alone.inputs, atol=1e-4)
+        np.testing.assert_allclose(together.activations, alone.activations, rtol=1e-4, atol=1e-5)
+    joint = _ascent(model, "conv2", (8, 8, 1), None, with_classes=True)
+    assert joint.widths == [16, 10] and joint.run.experimental_get_tracing_count() == 1
+
+
 def _two_output_model():
     keras.utils.set_random_seed(0)
     x = keras.Input((8, 8, 1))
