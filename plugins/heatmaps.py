@@ -468,7 +468,7 @@ def _metrics_table(by_method, reports, best: str | None, per_metric, suffix: str
         title += f"; the method to trust most for this model: {METHODS[best].title}"
     sized = [f"{n} {k}={v}" for n, o in per_metric.items() for k, v in o.items() if n in names]
     if sized:
-        title += f"; chosen for the model's size: {', '.join(sized)}"
+        title += f"; cost settings (for the model's size, or as set): {', '.join(sized)}"
     return Table(
         title=title,
         columns=["method", "verdict"]

@@ -145,10 +145,8 @@ class Lens:
             size = int(tf.nest.flatten(batch)[0].shape[0])
             if size == 0:  # nothing to add, and oneDNN's fused convolutions fail on it
                 continue
-            if outputs is None:
-                batch_sites, part = recorder.batch_sums(batch)
-            else:
-                batch_sites, part, batch_outputs = recorder.batch_sums_outputs(batch)
+            batch_sites, part, batch_outputs = recorder.batch_sums(batch, outputs is not None)
+            if outputs is not None:
                 outputs.append(batch_outputs)
             if total_sums is None:
                 sites, total_sums = batch_sites, part

@@ -137,7 +137,7 @@ class Recorder:
 
     def _trace(self, batch: Any, step: Any) -> list[CallSite]:
         specs = tf.nest.map_structure(lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype), batch)
-        signature = (step is self._stats_step, *tf.nest.flatten(specs))
+        signature = (id(step), *tf.nest.flatten(specs))
         if signature not in self._sites_by_spec:
             with running(self.model, batch):
                 traced(lambda: step.get_concrete_function(specs))
@@ -145,24 +145,22 @@ class Recorder:
         self.sites = self._sites_by_spec[signature]
         return self.sites
 
-    def batch_sums(self, batch: Any) -> tuple[list[CallSite], Sums]:
-        """The call sites and the kernel's outputs for all of them on `batch`.
+    def batch_sums(
+        self, batch: Any, with_outputs: bool = False
+    ) -> tuple[list[CallSite], Sums, Any]:
+        """The call sites, the kernel's outputs for all of them on `batch`, and the model's
+        outputs from the same pass (NumPy) when `with_outputs`, else None.
 
         The sites' rows and shifts are side by side along the units axis, in site order,
         and their histograms one per row: one `Sums` for the whole model, so merging a
-        batch is a few NumPy operations, not a few per layer.
+        batch is a few NumPy operations, not a few per layer. The outputs have a step of
+        their own, so a plain capture never copies them out.
         """
-        sites = self._trace(batch, self._stats_step)
+        step = self._stats_outputs_step if with_outputs else self._stats_step
+        sites = self._trace(batch, step)
         with running(self.model, batch):
-            rows, shift, hist = traced(lambda: self._stats_step(batch))
-        return sites, Sums(rows.numpy(), shift.numpy(), hist.numpy())
-
-    def batch_sums_outputs(self, batch: Any) -> tuple[list[CallSite], Sums, Any]:
-        """`batch_sums`, and the model's outputs on `batch` from the same pass (NumPy)."""
-        sites = self._trace(batch, self._stats_outputs_step)
-        with running(self.model, batch):
-            rows, shift, hist, outputs = traced(lambda: self._stats_outputs_step(batch))
-        outputs = tf.nest.map_structure(lambda t: t.numpy(), outputs)
+            rows, shift, hist, *outputs = traced(lambda: step(batch))
+        outputs = tf.nest.map_structure(lambda t: t.numpy(), outputs[0]) if outputs else None
         return sites, Sums(rows.numpy(), shift.numpy(), hist.numpy()), outputs
 
     def activations(self, batch: Any) -> dict[str, tf.Tensor]:

@@ -14,10 +14,12 @@ loaded), the prefix is captured again.
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from keraslens.capture import LayerStats, Lens
 
@@ -56,16 +58,19 @@ class FixedPart:
         changing, handover = _split(graph)
         tops = {layer.name: id(layer) for layer in _direct(lens.model)}
 
-        def is_fixed(path: str, layer: keras.layers.Layer) -> bool:
+        def is_fixed(path: str) -> bool:
             # A nested layer (`backbone/conv`) is fixed with the container that holds it.
             top = tops.get(path.split("/", 1)[0])
-            return top is not None and top not in changing and id(layer) not in changing
+            return top is not None and top not in changing
 
-        fixed = [path for path, layer in lens.layers if is_fixed(path, layer)]
+        fixed = [path for path, _ in lens.layers if is_fixed(path)]
         if not fixed or len(fixed) == len(lens.layers) or not handover:
             return None
-        if any(len(_nodes_in(graph, layer)) > 1 for _, layer in lens.layers):
-            return None
+        calls = Counter(
+            id(node.operation) for nodes in graph._nodes_by_depth.values() for node in nodes
+        )
+        if any(calls[id(layer)] > 1 for _, layer in lens.layers):
+            return None  # a layer called on both sides of the split
         per_sample = sum(int(np.prod(t.shape[1:])) * 4 for t in handover)
         if per_sample * len(_first(probe)) > MAX_HANDOVER_BYTES:
             return None
@@ -86,20 +91,15 @@ class FixedPart:
             self.full_captures += 1
             self._fingerprint = fingerprint
         stats = {**self._stats, **self.head_lens.capture(self._handover, batch_size)}
-        order = [path for path, _ in self.lens.layers]
-        if not set(stats) <= set(order):  # a part names a layer otherwise: no split
-            return self.lens.capture(probe, batch_size)
-        return {path: stats[path] for path in order if path in stats}
+        # Model order, as a full capture gives it: by layer, and by call (`path@i`) within.
+        position = {path: index for index, (path, _) in enumerate(self.lens.layers)}
+        return dict(sorted(stats.items(), key=lambda item: position[item[0].split("@", 1)[0]]))
 
     def outputs(self, sample: Any) -> Any:
         """The model's outputs on `sample`, the first samples of the last captured probe,
         computed from the handed-over values: the frozen part is not run again."""
         rows = len(_first(sample))
-        handover = (
-            [h[:rows] for h in self._handover]
-            if isinstance(self._handover, list)
-            else (self._handover[:rows])
-        )
+        handover = tf.nest.map_structure(lambda values: values[:rows], self._handover)
         return self.head.predict(handover, batch_size=max(rows, 1), verbose=0)
 
 
@@ -141,15 +141,6 @@ def _split(graph: Any) -> tuple[set[int], list[Any]]:
         if id(tensor._keras_history.operation) not in changing:
             return changing, []
     return changing, list(handover.values())
-
-
-def _nodes_in(graph: Any, layer: keras.layers.Layer) -> list[Any]:
-    return [
-        node
-        for nodes in graph._nodes_by_depth.values()
-        for node in nodes
-        if node.operation is layer
-    ]
 
 
 def _direct(model: keras.Model) -> list[keras.layers.Layer]:

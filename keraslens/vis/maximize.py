@@ -122,11 +122,8 @@ def maximize(
                                          input_range=(0.0, 16.0))
     ```
     """
-    require_continuous_input(model)
-    shape = tuple(input_shape) if input_shape is not None else input_shape_of(model)
-    ascent = _ascent(model, layer, shape, output)
     settings = (steps, seed, input_range, learning_rate, tv_weight, l2_weight, jitter)
-    return _ascend(ascent, [(layer, units)], shape, *settings)[0]
+    return _ascend(model, [(layer, units)], output, input_shape, *settings)[0]
 
 
 def maximize_with_classes(
@@ -161,19 +158,29 @@ def maximize_with_classes(
     filters, digits = keraslens.maximize_with_classes(model, "conv1", [0, 2], [3, 7], steps=20)
     ```
     """
-    require_continuous_input(model)
-    shape = tuple(input_shape) if input_shape is not None else input_shape_of(model)
-    ascent = _ascent(model, layer, shape, output, with_classes=True)
     settings = (steps, seed, input_range, learning_rate, tv_weight, l2_weight, jitter)
-    found = _ascend(ascent, [(layer, units), (None, classes)], shape, *settings)
+    found = _ascend(model, [(layer, units), (None, classes)], output, input_shape, *settings)
     return found[0], found[1]
 
 
 def _ascend(
-    ascent, parts, shape, steps, seed, input_range, learning_rate, tv_weight, l2_weight, jitter
+    model,
+    parts,
+    output,
+    input_shape,
+    steps,
+    seed,
+    input_range,
+    learning_rate,
+    tv_weight,
+    l2_weight,
+    jitter,
 ) -> list[Maximization]:
-    """Run `ascent` for each `(layer, units)` part, the parts' units in order along the
-    target's outputs (see `_Ascent.widths`), all in one batch."""
+    """Maximise each `(layer, units)` part in one batch of one compiled loop: a layer's
+    units alone, or a layer's units then the output's classes (`(None, classes)`)."""
+    require_continuous_input(model)
+    shape = tuple(input_shape) if input_shape is not None else input_shape_of(model)
+    ascent = _ascent(model, parts[0][0], shape, output, with_classes=len(parts) > 1)
     chosen = [
         _checked_units(units, width, layer)
         for (layer, units), width in zip(parts, ascent.widths, strict=True)
