@@ -133,7 +133,7 @@ class Heatmaps(Plugin):
         targets = _targets(options, None if labels is None else labels[shown])
         result = PluginResult(data={"samples": shown})
         explained = [None] if len(specs) == 1 else [s.key for s in specs]
-        copies: dict = {}  # one randomised model for every input, output and method
+        copies: dict = {}  # one set of randomised weights for every input, output and method
         for index, key in enumerate(explained):
             x = sample[index]
             tokens = np.issubdtype(x.dtype, np.integer)
@@ -379,13 +379,12 @@ class Explained:
     copies: dict = field(default_factory=dict, compare=False)
 
     def randomized(self, model: Any, seed: int) -> Any:
-        """The model with permuted weights, made once for every method of this pass."""
-        from keraslens.attr.inputs import model_inputs
-        from keraslens.vis.sanity import randomized_copy
+        """The model's permuted weights, drawn once for every method of this pass."""
+        from keraslens.attr.weights import permuted_weights
 
-        if "model" not in self.copies:
-            self.copies["model"] = randomized_copy(model, model_inputs(model, self.x)[0], seed)
-        return self.copies["model"]
+        if "weights" not in self.copies:
+            self.copies["weights"] = permuted_weights(model, seed)
+        return self.copies["weights"]
 
     @property
     def suffix(self) -> str:

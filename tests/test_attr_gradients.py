@@ -165,10 +165,10 @@ def test_a_second_call_with_the_same_shapes_does_not_retrace(images):
     keraslens.attribute(model, images, "smoothgrad", samples=4)
     specs, _ = model_inputs(model, images)
     graph = score_graph(model, specs, 0)
-    traces = graph.gradient_fn.experimental_get_tracing_count()
+    traces = graph.compiled.gradient_fn.experimental_get_tracing_count()
     keraslens.attribute(model, images[:3], "smoothgrad", samples=4)
     keraslens.attribute(model, images, "integrated-gradients", steps=8)
-    assert graph.gradient_fn.experimental_get_tracing_count() == traces
+    assert graph.compiled.gradient_fn.experimental_get_tracing_count() == traces
 
 
 def test_a_gradient_method_traces_no_forward_pass_of_its_own(images):
@@ -179,7 +179,7 @@ def test_a_gradient_method_traces_no_forward_pass_of_its_own(images):
         signed, keraslens.attribute(model, images, "gradient-input", predicted), atol=1e-6
     )
     graph = score_graph(model, model_inputs(model, images)[0], 0)
-    assert "logits_fn" not in vars(graph)  # the clean logits came from the gradient pass
+    assert "logits_fn" not in vars(graph.compiled)  # the clean logits came from the gradient pass
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))

@@ -150,11 +150,12 @@ class AttentionCapture:
         specs, arrays = model_inputs(self.model, x)
         graph = score_graph(self.model, specs, 0, output=output)
         feeds = [tf.convert_to_tensor(a) for a in arrays]
-        if graph.layer_model is not None:  # a token model: its graph takes an embedding shift
-            feeds.append(tf.zeros_like(graph.layer_fn(feeds)))
+        if graph.shift_shape is not None:  # a token model: its graph takes an embedding shift
+            shift = (len(arrays[0]), *graph.shift_shape)
+            feeds.append(tf.zeros(shift, graph.feed_specs[-1].dtype))
         chosen = as_targets(targets, len(arrays[0]), graph.classes)
         if chosen is None:
-            chosen = np.asarray(graph.logits_fn(feeds)).argmax(axis=1)
+            chosen = np.asarray(graph.outputs(feeds, graph.weights())[0]).argmax(axis=1)
         step = self._gradient_steps.get(id(graph.model))
         if step is None:
             step = self._gradient_steps[id(graph.model)] = tf.function(
@@ -203,7 +204,8 @@ class AttentionCapture:
 
     def _forward_gradients(self, model: keras.Model, feeds: list, targets: tf.Tensor):
         with tf.GradientTape() as tape:
-            logits, keyed = self._record(feeds, model)
+            outputs, keyed = self._record(feeds, model)
+            logits = tf.nest.flatten(outputs)[0]  # a score graph's: the logits first
             score = tf.reduce_sum(tf.gather(logits, targets[:, None], batch_dims=1))
         grads = tape.gradient(score, [p for _, _, p in keyed])
         probabilities, by_key = {}, {}

@@ -12,6 +12,7 @@ from keraslens.attr.layers import last_spatial_layer
 from keraslens.attr.method import AttributionMethod
 from keraslens.attr.registry import METHODS
 from keraslens.attr.scorer import Scorer, make_scorer
+from keraslens.attr.weights import Weights
 from keraslens.errors import KeraslensError
 
 
@@ -25,6 +26,7 @@ def attribute(
     input: int | str | None = None,  # noqa: A002 - the issue's public name
     layer: str | None = None,
     batch_size: int | None = None,
+    weights: Weights | None = None,
     **options: Any,
 ) -> np.ndarray | dict[str, np.ndarray]:
     """Raw, signed attributions of the target scores of `x`, shaped like the explained input.
@@ -51,6 +53,9 @@ def attribute(
             feed (their embedding) and summed over its features: one value per token.
         batch_size: rows (samples x steps, draws, masks or patches) per internal pass; None
             sizes it by the input.
+        weights: values to run the model with in place of some of its own (e.g.
+            `keraslens.attr.weights.permuted_weights(model)`, a randomised model), through
+            the same compiled functions; the model is not changed.
         **options: the method's options (see `docs/attribution.md`), e.g. `steps=128`.
 
     Returns:
@@ -70,7 +75,7 @@ def attribute(
     results = {}
     for index in chosen:
         scorer = method_scorer(
-            model, explainer, specs, feeds, index, targets, output, layer, batch_size
+            model, explainer, specs, feeds, index, targets, output, layer, batch_size, weights
         )
         values = explainer.attribute(scorer)
         if specs[index].is_integer and layer is None and not explainer.uses_layer:
@@ -101,7 +106,7 @@ def build_method(method: str | AttributionMethod, options: dict[str, Any]) -> At
 
 
 def method_scorer(
-    model, explainer, specs, feeds, index, targets, output, layer, batch_size
+    model, explainer, specs, feeds, index, targets, output, layer, batch_size, weights=None
 ) -> Scorer:
     """The `Scorer` `explainer` runs on: at the input, a layer, or the CAM layer."""
     if explainer.uses_layer and layer is None:
@@ -117,6 +122,7 @@ def method_scorer(
         relu_rule=explainer.relu_rule,
         batch_size=batch_size,
         gradients=explainer.reads_gradients,
+        weights=weights,
     )
 
 

@@ -11,6 +11,7 @@ never modified.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -275,11 +276,7 @@ def pre_activation(tensor: Any, calls: dict) -> tuple[Any, Callable, bool]:
         if keras.activations.serialize(activation) == "linear":
             return tensor, _default_probability, True
         # An explicit name: an automatic one ("dense") can clash with the user's layers.
-        name = f"{layer.name}_keraslens_logits"
-        twin = type(layer).from_config({**layer.get_config(), "activation": "linear", "name": name})
-        logits = twin(*args, **kwargs)
-        twin.set_weights(layer.get_weights())
-        return logits, activation, True
+        return linear_call(layer, f"{layer.name}_keraslens_logits", args, kwargs), activation, True
     if isinstance(layer, keras.Model):
         inner = functional_view(layer, args[0].shape[1:])
         if not is_opaque(inner, layer):
@@ -287,6 +284,40 @@ def pre_activation(tensor: Any, calls: dict) -> tuple[Any, Callable, bool]:
             if graph.linear:
                 return graph.score_model()(*args, **kwargs), graph.to_probability, True
     return tensor, _identity, False
+
+
+_TWINS: dict[int, tuple[weakref.ref, weakref.ref]] = {}
+
+
+def linear_call(layer: keras.layers.Layer, name: str, args: tuple, kwargs: dict) -> Any:
+    """`layer`'s output before its activation on `args`, through a copy of it named `name`
+    with a linear activation.
+
+    The copy holds a copy of the layer's weights; `weight_source` maps each of its
+    variables back to the layer's, so that a score graph runs with the layer's current
+    values (`ScoreGraph.weights`), not those copied here.
+    """
+    twin = type(layer).from_config({**layer.get_config(), "activation": "linear", "name": name})
+    out = twin(*args, **kwargs)
+    twin.set_weights(layer.get_weights())
+    for copy, source in zip(twin.weights, layer.weights, strict=True):
+        key = id(copy)
+        _TWINS[key] = (
+            weakref.ref(copy, lambda _, key=key: _TWINS.pop(key, None)),
+            weakref.ref(source),
+        )
+    return out
+
+
+def weight_source(variable: Any) -> Any:
+    """The variable whose value `variable` stands for: the layer's own for a copy made by
+    `linear_call`, else `variable` itself."""
+    while (entry := _TWINS.get(id(variable))) is not None and entry[0]() is variable:
+        source = entry[1]()
+        if source is None:
+            break
+        variable = source
+    return variable
 
 
 def _default_probability(logits: Any) -> Any:

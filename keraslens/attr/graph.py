@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -27,7 +27,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keraslens.attr.compat import check_path, is_opaque, output_index, pre_activation
+from keraslens.attr.compat import (
+    check_path,
+    is_opaque,
+    linear_call,
+    output_index,
+    pre_activation,
+    weight_source,
+)
+from keraslens.attr.weights import Weights
 from keraslens.errors import KeraslensError
 
 
@@ -46,28 +54,100 @@ class InputSpec:
         return bool(np.issubdtype(dtype, np.integer) or dtype == np.bool_)
 
 
-@dataclass(frozen=True)
-class ScoreGraph:
-    """A Functional model from the model's inputs (and a shift) to one output's logits.
+class CompiledGraph:
+    """A score model and its compiled functions, shared by every `ScoreGraph` on it.
 
     Args:
-        model: Functional; called on `feeds` (the model's inputs in `specs` order, then the
-            shift input when `layer` is set), returns logits `(batch, classes)`.
+        model: Functional; called on the feeds (the model's inputs in order, then the
+            shift input if it has one), returns `[logits]`, or `[logits, base]` with a
+            shift, `base` being the shifted layer's own output.
+        sources: for each of `model.variables`, in order, the user's variable whose value
+            it takes (itself, or the one a rewritten layer's copy stands for).
+        watched: the feeds the gradient function differentiates with respect to.
+    """
+
+    def __init__(self, model: keras.Model, sources: Sequence[Any], watched: Sequence[int]):
+        self.model = model
+        self.sources = tuple(sources)
+        self.watched = tuple(watched)
+
+    def weights(self, override: Weights | None = None) -> list[tf.Tensor]:
+        """What the compiled functions run with: each variable's current value, or the one
+        `override` gives (read now, so a model trained since the trace is seen as it is)."""
+        if override is None:
+            return [source.value for source in self.sources]
+        return [override.value(source) for source in self.sources]
+
+    @cached_property
+    def feed_specs(self) -> list[tf.TensorSpec]:
+        """Batch-agnostic signatures of the feeds: one trace serves every batch size."""
+        return [tf.TensorSpec((None, *t.shape[1:]), t.dtype) for t in self.model.inputs]
+
+    @cached_property
+    def weight_specs(self) -> list[tf.TensorSpec]:
+        """Signatures of the variables' values, passed to every compiled function."""
+        return [tf.TensorSpec(v.shape, v.dtype) for v in self.model.variables]
+
+    def _outputs(self, feeds: list, weights: list) -> list:
+        """The model's outputs on `feeds`, its variables reading `weights`."""
+        mapping = list(zip(self.model.variables, weights, strict=True))
+        with keras.StatelessScope(state_mapping=mapping):
+            outputs = self.model(feeds, training=False)
+        return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+
+    # The compiled functions below are traced without autograph, as Keras traces its own
+    # predict and train steps: the model runs as `model.predict` runs it, and autograph's
+    # conversion of every layer call would cost about as much as the trace itself. They
+    # take the weights as arguments, so the trace serves every set of them (`Weights`).
+    @cached_property
+    def logits_fn(self) -> Callable:
+        """Compiled `(feeds, weights) -> outputs` (`[logits]`, or `[logits, base]`)."""
+        return tf.function(self._outputs, [self.feed_specs, self.weight_specs], autograph=False)
+
+    @cached_property
+    def gradient_fn(self) -> Callable:
+        """Compiled `(feeds, targets, weights) -> (*d target logit / d watched feed,
+        *outputs)`: the gradients of one backward pass, and the outputs of its forward."""
+
+        def gradient(feeds, targets, weights):
+            sources = [feeds[i] for i in self.watched]
+            with tf.GradientTape() as tape:
+                tape.watch(sources)
+                outputs = self._outputs(feeds, weights)
+                score = tf.gather(outputs[0], targets[:, None], batch_dims=1)[:, 0]
+            return (*tape.gradient(score, sources), *outputs)
+
+        signature = [self.feed_specs, tf.TensorSpec((None,), tf.int32), self.weight_specs]
+        return tf.function(gradient, signature, autograph=False)
+
+
+@dataclass(frozen=True)
+class ScoreGraph:
+    """What one attribution is taken on: a `CompiledGraph`, and where it is explained.
+
+    Args:
+        compiled: the score model and its compiled functions (shared).
         specs: the model's inputs.
         explained: index in `specs` of the input being explained.
-        layer: path of the layer whose output is explained, or None for the input itself.
         output: the output explained, as the user named it.
-        layer_model: from the model's inputs to that layer's output (None without `layer`).
+        layer: path of the layer whose output is explained, or None for the input itself.
+        shift_shape: one sample's shape of the model's shift feed, None without one. A
+            graph explained at an input may still have one: it is then fed zeros.
         to_probability: maps logits to what the model itself outputs.
     """
 
-    model: keras.Model
+    compiled: CompiledGraph = field(compare=False, repr=False)
     specs: tuple[InputSpec, ...]
     explained: int
     output: int | str | None
     layer: str | None
-    layer_model: keras.Model | None
+    shift_shape: tuple[int, ...] | None
     to_probability: Callable[[Any], Any]
+
+    @property
+    def model(self) -> keras.Model:
+        """The score model (see `CompiledGraph`)."""
+        return self.compiled.model
 
     @property
     def classes(self) -> int:
@@ -75,47 +155,33 @@ class ScoreGraph:
         return int(self.model.outputs[0].shape[-1])
 
     @property
+    def shifted(self) -> bool:
+        """True when attributions are taken at a layer's output, through the shift."""
+        return self.shift_shape is not None and self.layer is not None
+
+    @property
     def explained_feed(self) -> int:
         """Index in the model's feeds of the tensor attributions are taken at."""
-        return len(self.specs) if self.layer_model is not None else self.explained
+        return len(self.specs) if self.shifted else self.explained
 
-    @cached_property
+    @property
     def feed_specs(self) -> list[tf.TensorSpec]:
-        """Batch-agnostic signatures of the feeds: one trace serves every batch size."""
-        return [tf.TensorSpec((None, *t.shape[1:]), t.dtype) for t in self.model.inputs]
+        """Batch-agnostic signatures of the feeds."""
+        return self.compiled.feed_specs
 
-    # The compiled functions below are traced without autograph, as Keras traces its own
-    # predict and train steps: the model runs as `model.predict` runs it, and autograph's
-    # conversion of every layer call would cost about as much as the trace itself.
-    @cached_property
-    def logits_fn(self) -> Callable:
-        """Compiled `feeds -> logits`."""
-        model = self.model
-        return tf.function(
-            lambda feeds: model(feeds, training=False), [self.feed_specs], autograph=False
-        )
+    def weights(self, override: Weights | None = None) -> list[tf.Tensor]:
+        """The weights to pass to `outputs` and `gradient` (`CompiledGraph.weights`)."""
+        return self.compiled.weights(override)
 
-    @cached_property
-    def gradient_fn(self) -> Callable:
-        """Compiled `(feeds, targets) -> (d target logit / d explained feed, logits)`."""
-        model, index = self.model, self.explained_feed
+    def outputs(self, feeds: list, weights: list) -> list[tf.Tensor]:
+        """`[logits]`, or `[logits, base]` with a shift, compiled."""
+        return self.compiled.logits_fn(feeds, weights)
 
-        def gradient(feeds, targets):
-            with tf.GradientTape() as tape:
-                tape.watch(feeds[index])
-                logits = model(feeds, training=False)
-                score = tf.gather(logits, targets[:, None], batch_dims=1)[:, 0]
-            return tape.gradient(score, feeds[index]), logits
-
-        signature = [self.feed_specs, tf.TensorSpec((None,), tf.int32)]
-        return tf.function(gradient, signature, autograph=False)
-
-    @cached_property
-    def layer_fn(self) -> Callable:
-        """Compiled `inputs -> the explained layer's output`."""
-        model = self.layer_model
-        specs = self.feed_specs[: len(self.specs)]
-        return tf.function(lambda inputs: model(inputs, training=False), [specs], autograph=False)
+    def gradient(self, feeds: list, targets: Any, weights: list) -> tuple[tf.Tensor, list]:
+        """d target logit / d explained feed, and the outputs, from one compiled pass."""
+        watched = self.compiled.watched
+        result = self.compiled.gradient_fn(feeds, targets, weights)
+        return result[watched.index(self.explained_feed)], list(result[len(watched) :])
 
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -144,8 +210,21 @@ def score_graph(
     key = (tuple(specs), explained, output, layer, relu_rule)
     per_model = _CACHE.setdefault(model, {})
     if key not in per_model:
-        per_model[key] = _build(model, tuple(specs), explained, output, layer, relu_rule)
+        shared = _input_view(per_model, key) if layer is None else None
+        per_model[key] = shared or _build(model, tuple(specs), explained, output, layer, relu_rule)
     return per_model[key]
+
+
+def _input_view(per_model: dict, key: tuple) -> ScoreGraph | None:
+    """A graph already built at a layer of the same model, inputs, output and rule, seen at
+    its (continuous) input: its gradient pass gives the input's gradient too, so no
+    second graph is traced."""
+    specs, explained, output, _, relu_rule = key
+    for (s, e, o, layer, rule), graph in per_model.items():
+        if (s, e, o, rule) == (specs, explained, output, relu_rule) and layer is not None:
+            if explained in graph.compiled.watched:
+                return replace(graph, layer=None)
+    return None
 
 
 def _build(model, specs, explained, output, layer, relu_rule) -> ScoreGraph:
@@ -155,7 +234,7 @@ def _build(model, specs, explained, output, layer, relu_rule) -> ScoreGraph:
         check_path(view, path)
     token_input = specs[explained].is_integer and not path
     replay = _Replay(path, relu_rule, explained if token_input else None)
-    inputs, outputs = replay.run(view)
+    inputs, outputs = replay.run(view, [s.shape for s in specs])
     if (path or token_input) and replay.shift is None:
         raise KeraslensError(
             f"No layer of model {model.name!r} takes the integer input "
@@ -169,15 +248,20 @@ def _build(model, specs, explained, output, layer, relu_rule) -> ScoreGraph:
             f"The explained output has shape {tuple(logits.shape)}; attributions explain "
             "scores of shape (batch, classes). Choose another output with output=."
         )
-    feeds = inputs + ([replay.shift] if replay.shift is not None else [])
-    layer_model = keras.Model(inputs, replay.base) if replay.shift is not None else None
+    shifted = replay.shift is not None
+    graph = keras.Model(
+        inputs + [replay.shift] * shifted, [logits, replay.base] if shifted else [logits]
+    )
+    # A layer's graph differentiates a continuous input too, so that it can serve
+    # gradients at the input as well (`_input_view`).
+    watched = [explained] * (not specs[explained].is_integer) + [len(specs)] * shifted
     return ScoreGraph(
-        model=keras.Model(feeds, logits),
+        compiled=CompiledGraph(graph, [weight_source(v) for v in graph.variables], watched),
         specs=specs,
         explained=explained,
         output=output,
         layer=layer or (replay.layer_name if token_input else None),
-        layer_model=layer_model,
+        shift_shape=tuple(replay.shift.shape[1:]) if shifted else None,
         to_probability=to_probability,
     )
 
@@ -220,20 +304,29 @@ class _Replay:
         self.layer_name: str | None = None
         self._found: Any = None
 
-    def run(self, view: keras.Model) -> tuple[list, list]:
-        """The replayed model inputs and outputs; `shift` and `base` are set if shifted."""
-        inputs, outputs = self._pass(view, view.inputs)
+    def run(self, view: keras.Model, shapes: Sequence[tuple] | None = None) -> tuple[list, list]:
+        """The replayed model inputs and outputs; `shift` and `base` are set if shifted.
+
+        `shapes`, one sample's shape per input (the data's), replace the view's declared
+        ones, so that every shape of the graph, the shift's too, is known.
+        """
+        declared = [tuple(t.shape[1:]) for t in view.inputs]
+        shapes = list(shapes) if shapes and len(shapes) == len(declared) else declared
+        inputs, outputs = self._pass(view, shapes)
         if self._found is None:
             return inputs, outputs
         self.calls.clear()
         spare = keras.Input(shape=tuple(self._found.shape[1:]), dtype=self._found.dtype)
         extended = keras.Model([*view.inputs, spare], view.outputs)
-        inputs, outputs = self._pass(extended, extended.inputs, shift=True)
+        inputs, outputs = self._pass(extended, [*shapes, spare.shape[1:]], shift=True)
         self.shift = inputs[-1]
         return inputs[:-1], outputs
 
-    def _pass(self, view: keras.Model, declared: list, shift: bool = False) -> tuple[list, list]:
-        inputs = [keras.Input(batch_shape=t.shape, dtype=t.dtype) for t in declared]
+    def _pass(self, view: keras.Model, shapes: list, shift: bool = False) -> tuple[list, list]:
+        inputs = [
+            keras.Input(batch_shape=(None, *shape), dtype=t.dtype)
+            for t, shape in zip(view.inputs, shapes, strict=True)
+        ]
         token = inputs[self.token] if self.token is not None else None
         done = [False]
 
@@ -299,11 +392,7 @@ class _Replay:
             return _RuleReLU(self.relu_rule)(args[0])
         activation = getattr(layer, "activation", None)
         if activation is not None and _is_relu(activation):
-            twin = type(layer).from_config(
-                {**layer.get_config(), "activation": "linear", "name": f"{layer.name}_linear"}
-            )
-            out = twin(*args, **kwargs)
-            twin.set_weights(layer.get_weights())
+            out = linear_call(layer, f"{layer.name}_linear", args, kwargs)
             return _RuleReLU(self.relu_rule)(out)
         return layer(*args, **kwargs)
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from keraslens.attr.graph import InputSpec, ScoreGraph, score_graph
 from keraslens.attr.targets import as_targets
+from keraslens.attr.weights import Weights
 
 VALUES_PER_PASS = 2**22
 """Input values per internal pass: bounds memory whatever the steps, masks or draws."""
@@ -34,9 +35,11 @@ class Scorer:
         feeds: the N samples of every model input, in `graph.specs` order.
         targets: class indices (see `keraslens.attribute`), or None for the predicted class.
         batch_size: rows per pass; None: `VALUES_PER_PASS` input values, 16 to 256 rows.
-        gradients: the caller will read gradients: the clean logits then come from the
-            gradient function, which it traces anyway, sparing a trace of the forward
-            pass alone (about a second on ResNet50).
+        gradients: the caller will read gradients: the clean logits (and the layer's
+            values) then come from the gradient function, which it traces anyway, sparing
+            a trace of the forward pass alone (about a second on ResNet50).
+        weights: values for the model's variables in place of their own (a randomised
+            model), run by the same compiled functions; None: the model's own.
     """
 
     def __init__(
@@ -47,9 +50,12 @@ class Scorer:
         targets: object = None,
         batch_size: int | None = None,
         gradients: bool = False,
+        weights: Weights | None = None,
     ) -> None:
         self.model = model
         self.graph = graph
+        self.weights = weights
+        self._weights = graph.weights(weights)
         self._inputs = list(feeds)
         self.samples = len(self._inputs[0])
         explained = self._inputs[graph.explained]
@@ -57,9 +63,9 @@ class Scorer:
         self.batch_size = batch_size or int(
             np.clip(VALUES_PER_PASS // max(1, int(np.prod(self.input_shape))), 16, 256)
         )
-        self._base = self._layer_values() if graph.layer_model is not None else None
-        self.value = self._base if self._base is not None else explained.astype(np.float32)
-        self.logits = self._clean_logits() if gradients else self.outputs(self.value)
+        self.logits, *base = self._clean(gradients)
+        self._base = base[0].astype(np.float32) if graph.shifted else None
+        self.value = self._base if graph.shifted else explained.astype(np.float32)
         chosen = as_targets(targets, self.samples, graph.classes)
         self.targets = (self.logits.argmax(axis=1) if chosen is None else chosen).astype(np.int32)
 
@@ -70,12 +76,14 @@ class Scorer:
 
     def at_input(self, batch_size: int | None = None) -> Scorer:
         """A scorer of the same samples and targets at the explained input itself."""
-        if self.graph.layer_model is None:
+        if not self.graph.shifted:
             return self
         graph = score_graph(
             self.model, self.graph.specs, self.graph.explained, output=self.graph.output
         )
-        return Scorer(self.model, graph, self._inputs, self.targets, batch_size)
+        return Scorer(
+            self.model, graph, self._inputs, self.targets, batch_size, weights=self.weights
+        )
 
     def probability(self, values: np.ndarray, repeat: int = 1, first: int = 0) -> np.ndarray:
         """What the model outputs for the target class (its softmax...), row by row."""
@@ -90,7 +98,9 @@ class Scorer:
 
     def outputs(self, values: np.ndarray, repeat: int = 1, first: int = 0) -> np.ndarray:
         """Every logit of each row of `values` (rows as in `score`)."""
-        return self._run(lambda feeds, _: self.graph.logits_fn(feeds), values, repeat, first)
+        return self._run(
+            lambda feeds, _: self.graph.outputs(feeds, self._weights)[0], values, repeat, first
+        )
 
     def score(self, values: np.ndarray, repeat: int = 1, first: int = 0) -> np.ndarray:
         """The target logit of each row of `values`: shaped like `value`, `repeat` rows per
@@ -101,29 +111,45 @@ class Scorer:
         """d target logit / d values, row by row (rows as in `score`)."""
 
         def gradient(feeds, owners):
-            return self.graph.gradient_fn(feeds, self.targets[owners])[0]
+            return self.graph.gradient(feeds, self.targets[owners], self._weights)[0]
 
         return self._run(gradient, values, repeat, first)
 
-    def _clean_logits(self) -> np.ndarray:
-        """The logits of the clean samples, read off the gradient pass (at class 0)."""
-        zeros = np.zeros(self.samples, np.int32)
-        return self._run(
-            lambda feeds, owners: self.graph.gradient_fn(feeds, zeros[owners])[1], self.value
-        )
+    def _clean(self, gradients: bool) -> list[np.ndarray]:
+        """The graph's outputs on the clean samples (a zero shift): the logits, and the
+        explained layer's values when shifted. With `gradients`, read off the gradient
+        pass (at class 0), whose trace the caller needs anyway."""
+        graph, weights = self.graph, self._weights
+        parts = []
+        for start in range(0, self.samples, self.batch_size):
+            owners = np.arange(start, min(start + self.batch_size, self.samples))
+            feeds = self._feeds(owners)
+            if gradients:
+                outputs = graph.gradient(feeds, np.zeros(len(owners), np.int32), weights)[1]
+            else:
+                outputs = graph.outputs(feeds, weights)
+            parts.append([np.asarray(o) for o in outputs])
+        return [np.concatenate(column) for column in zip(*parts, strict=True)]
+
+    def _feeds(self, owners: np.ndarray, rows: np.ndarray | None = None) -> list[np.ndarray]:
+        """The graph's feeds for the samples `owners`, with `rows` as the explained values
+        (None: the clean samples, a zero shift)."""
+        graph = self.graph
+        feeds = [x[owners] for x in self._inputs]
+        if rows is not None and not graph.shifted:
+            feeds[graph.explained] = rows
+        if graph.shift_shape is not None:
+            if rows is not None and graph.shifted:
+                feeds.append(rows - self._base[owners])
+            else:
+                dtype = graph.feed_specs[-1].dtype.as_numpy_dtype
+                feeds.append(np.zeros((len(owners), *graph.shift_shape), dtype))
+        return feeds
 
     def _of_targets(self, columns: np.ndarray, repeat: int, first: int) -> np.ndarray:
         """Each row's value in its sample's target column."""
         owners = first + np.arange(len(columns)) // repeat
         return columns[np.arange(len(columns)), self.targets[owners]]
-
-    def _layer_values(self) -> np.ndarray:
-        fn = self.graph.layer_fn
-        parts = [
-            np.asarray(fn([x[start : start + self.batch_size] for x in self._inputs]))
-            for start in range(0, self.samples, self.batch_size)
-        ]
-        return np.concatenate(parts).astype(np.float32)
 
     def _run(self, fn: Callable, values: np.ndarray, repeat: int = 1, first: int = 0) -> np.ndarray:
         """`fn(feeds, owners)` over passes of `batch_size` rows, concatenated."""
@@ -134,12 +160,7 @@ class Scorer:
         for start in range(0, len(values), self.batch_size):
             rows = values[start : start + self.batch_size]
             owners = first + np.arange(start, start + len(rows)) // repeat
-            feeds = [x[owners] for x in self._inputs]
-            if self._base is not None:
-                feeds.append(rows - self._base[owners])
-            else:
-                feeds[self.graph.explained] = rows
-            parts.append(np.asarray(fn(feeds, owners)))
+            parts.append(np.asarray(fn(self._feeds(owners, rows), owners)))
         return np.concatenate(parts)
 
 
@@ -155,7 +176,8 @@ def make_scorer(
     relu_rule: str | None = None,
     batch_size: int | None = None,
     gradients: bool = False,
+    weights: Weights | None = None,
 ) -> Scorer:
     """The `Scorer` of `feeds` on `model`'s cached score graph for these choices."""
     graph = score_graph(model, specs, explained, output=output, layer=layer, relu_rule=relu_rule)
-    return Scorer(model, graph, feeds, targets, batch_size, gradients)
+    return Scorer(model, graph, feeds, targets, batch_size, gradients, weights)

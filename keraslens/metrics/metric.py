@@ -12,6 +12,7 @@ import numpy as np
 
 from keraslens.attr.method import AttributionMethod, apply_options
 from keraslens.attr.scorer import Scorer
+from keraslens.attr.weights import Weights
 from keraslens.errors import KeraslensError
 from keraslens.metrics import _plumbing
 from keraslens.plugin import Option
@@ -106,7 +107,7 @@ class Explained:
         self,
         values: np.ndarray | None = None,
         targets: np.ndarray | None = None,
-        model: keras.Model | None = None,
+        weights: Weights | None = None,
         repeat: int = 1,
     ) -> np.ndarray:
         """Fresh position maps `(rows, *positions)` by the same method and settings.
@@ -114,7 +115,7 @@ class Explained:
         Args:
             values: rows of the explained input (default: the samples themselves).
             targets: the class per row (default: each sample's own target).
-            model: another model of the same inputs (a randomised copy).
+            weights: other values for the model's weights (randomised ones).
             repeat: rows per sample in `values`; the other inputs are repeated to match.
         """
         if self.method is None:
@@ -128,8 +129,8 @@ class Explained:
         targets = self.targets[owners] if targets is None else targets
         feeds = [f[owners] for f in self.feeds]
         feeds[index] = values
-        options = {**self.attribute_options, "input": index}
-        fresh = run_method(model or self.model, feeds, self.method, targets, options)
+        options = {**self.attribute_options, "input": index, "weights": weights}
+        fresh = run_method(self.model, feeds, self.method, targets, options)
         return _plumbing.relevance(fresh, values)
 
 

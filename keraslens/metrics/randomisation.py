@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from keraslens.attr.graph import functional_model
+from keraslens.attr.weights import Weights, permuted_weights
 from keraslens.errors import KeraslensError
 from keraslens.metrics import _plumbing
 from keraslens.metrics.metric import Explained, Metric, Score
@@ -13,7 +13,7 @@ from keraslens.plugin import Option
 
 
 class Randomisation(Metric):
-    """Rank correlation between the maps of the model and of copies with randomised
+    """Rank correlation between the maps of the model and of the model with randomised
     weights; a map that survives the randomisation explains the input, not the model.
     Lower is better.
 
@@ -22,8 +22,8 @@ class Randomisation(Metric):
     order). Independent: each layer alone (`independent`). The value per sample is the
     similarity once every layer is randomised. Randomising a layer permutes the entries of
     each of its trainable tensors (scale and sign kept, what training put there lost), with
-    a fixed seed. One copy of the model is made and its weights are set stage by stage, so
-    its compiled attribution function is traced once, and reads each stage's weights.
+    a fixed seed. Each stage's weights are passed to the model's compiled attribution
+    function, traced once; the model is neither copied nor changed.
     Two flat maps count as identical: a map that ranks nothing (Grad-CAM's ReLU can remove
     it all) fails; `flat_maps` says how many trained maps were flat.
     """
@@ -40,18 +40,14 @@ class Randomisation(Metric):
     }
 
     def score(self, explained: Explained) -> Score:
-        copy = _copy(explained.model, explained.scorer.graph.specs)
-        trained = copy.get_weights()
-        layers = weighted_layers(copy)
+        model = explained.model
+        layers = weighted_layers(model)
         if not layers:
-            raise KeraslensError(
-                f"Model {explained.model.name!r} has no trainable weights to randomise."
-            )
-        rng = np.random.default_rng(self.seed)
-        shuffled = [rng.permutation(w.ravel()).reshape(w.shape) for w in trained]
+            raise KeraslensError(f"Model {model.name!r} has no trainable weights to randomise.")
+        shuffled = permuted_weights(model, self.seed)
         names = list(reversed(layers))
         stages = [names[: k + 1] for k in range(len(names))]
-        cascading = self._similarities(explained, copy, trained, shuffled, layers, stages)
+        cascading = self._similarities(explained, model, shuffled, layers, stages)
         extra = {
             "layers": names,
             "cascading": _curve(cascading),
@@ -60,18 +56,18 @@ class Randomisation(Metric):
         if self.independent:
             alone = [[name] for name in names]
             extra["independent"] = _curve(
-                self._similarities(explained, copy, trained, shuffled, layers, alone)
+                self._similarities(explained, model, shuffled, layers, alone)
             )
         return Score(cascading[:, -1], extra)
 
     @staticmethod
-    def _similarities(explained, copy, trained, shuffled, layers, stages) -> np.ndarray:
+    def _similarities(explained, model, shuffled, layers, stages) -> np.ndarray:
         """`(N, stages)`: similarity of the trained maps to those with each stage randomised."""
         columns = []
         for stage in stages:
-            chosen = {i for name in stage for i in layers[name]}
-            copy.set_weights([shuffled[i] if i in chosen else w for i, w in enumerate(trained)])
-            fresh = explained.reattribute(model=copy)
+            chosen = [model.weights[i] for name in stage for i in layers[name]]
+            weights = Weights((v, shuffled.value(v)) for v in chosen)
+            fresh = explained.reattribute(weights=weights)
             columns.append(_plumbing.similarity(explained.relevance, fresh))
         return np.stack(columns, axis=1)
 
@@ -85,26 +81,6 @@ def weighted_layers(model: keras.Model) -> dict[str, list[int]]:
             path = variable.path.rsplit("/", 1)[0].removeprefix(f"{model.name}/")
             layers.setdefault(path, []).append(index)
     return layers
-
-
-def _copy(model: keras.Model, specs) -> keras.Model:
-    """A copy of `model` with its weights; a subclassed model is copied through its
-    Functional trace (its inner layers), which `clone_model` rebuilds without a config."""
-    source = model
-    try:
-        copy = keras.models.clone_model(model)
-    except Exception:  # Keras raises several types for models it cannot rebuild
-        source = functional_model(model, specs)
-        try:
-            copy = keras.models.clone_model(source)
-        except Exception as error:
-            raise KeraslensError(
-                f"Cannot copy model {model.name!r} to randomise it ({error}); give its "
-                "custom layers a get_config() so that keras.models.clone_model can rebuild "
-                "them."
-            ) from error
-    copy.set_weights(source.get_weights())
-    return copy
 
 
 def _curve(similarities: np.ndarray) -> dict[str, list[float]]:

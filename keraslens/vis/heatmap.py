@@ -18,6 +18,7 @@ from keraslens.attr.inputs import model_inputs
 from keraslens.attr.layers import last_spatial_layer, layer_shapes, require_spatial
 from keraslens.attr.method import AttributionMethod
 from keraslens.attr.registry import METHODS
+from keraslens.attr.weights import Weights
 from keraslens.errors import KeraslensError
 
 
@@ -55,9 +56,11 @@ def explain(
     output: int | str | None = None,
     input: int | str | None = None,  # noqa: A002 - the name keraslens.attribute takes
     batch_size: int | None = None,
+    weights: Weights | None = None,
     **options: Any,
 ) -> Explanation:
-    """Like `heatmap`, but also returns the explained, predicted classes and scores."""
+    """Like `heatmap`, but also returns the explained, predicted classes and scores;
+    `weights` as for `keraslens.attribute`."""
     explainer = _method(method, options)
     specs, feeds = model_inputs(model, x)
     index = _one_input(model, specs, input)
@@ -68,7 +71,7 @@ def explain(
         else None
     )
     scorer = method_scorer(
-        model, explainer, specs, feeds, index, targets, output, layer, batch_size
+        model, explainer, specs, feeds, index, targets, output, layer, batch_size, weights
     )
     tokens = specs[index].is_integer and layer is None
     values = explainer.attribute(scorer)

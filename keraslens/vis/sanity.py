@@ -6,7 +6,6 @@ The other explanation metrics (deletion, insertion, MuFidelity, ...) are in
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,10 +13,8 @@ import keras
 import numpy as np
 from scipy.stats import spearmanr
 
-from keraslens.attr.graph import InputSpec, functional_model
-from keraslens.attr.inputs import model_inputs
 from keraslens.attr.method import AttributionMethod
-from keraslens.errors import KeraslensError
+from keraslens.attr.weights import Weights, permuted_weights
 from keraslens.vis.heatmap import Explanation, explain
 
 SIMILARITY_THRESHOLD = 0.5
@@ -77,32 +74,6 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray(values)
 
 
-def randomized_copy(model: keras.Model, specs: Sequence[InputSpec], seed: int = 0) -> keras.Model:
-    """A copy of `model` whose trainable weights are randomly permuted.
-
-    Permuting the entries of each weight tensor keeps its distribution (scale, sign) and
-    destroys what training put in it: the "full randomisation" of Adebayo et al. (2018),
-    deterministic for a seed. Layer names, and so layer paths, are kept.
-    """
-    view = functional_model(model, specs)
-    try:
-        copy = keras.models.clone_model(view)
-    except Exception as error:  # Keras raises several types for layers it cannot rebuild
-        raise KeraslensError(
-            f"Cannot copy model {model.name!r} to randomise it ({error}); give its custom "
-            "layers a get_config() so that keras.models.clone_model can rebuild them."
-        ) from error
-    rng = np.random.default_rng(seed)
-    weights = []
-    for variable in view.weights:
-        value = np.asarray(variable)
-        if variable.trainable and value.size > 1:
-            value = rng.permutation(value.ravel()).reshape(value.shape)
-        weights.append(value)
-    copy.set_weights(weights)
-    return copy
-
-
 def randomization_test(
     model: keras.Model,
     x: Any,
@@ -114,22 +85,25 @@ def randomization_test(
     input: int | str | None = None,  # noqa: A002 - the name keraslens.attribute takes
     weights_seed: int = 0,
     batch_size: int | None = None,
-    randomized: keras.Model | None = None,
+    randomized: Weights | None = None,
     **options: Any,
 ) -> RandomizationTest:
     """Model-parameter randomisation test (Adebayo et al., 2018, "Sanity Checks for
     Saliency Maps"): maps that do not change when the weights are randomised explain the
     input, not the model.
 
+    The randomised model is the model run with every trainable tensor's entries permuted
+    (`permuted_weights`): the same compiled functions, given other weights, so it costs no
+    copy and no trace, and the model is not changed.
+
     Args: as `keraslens.vis.explain`, plus `weights_seed` for the randomisation and
-    `randomized`, a copy from `randomized_copy` to reuse across methods (its compiled
-    graphs are then built once).
+    `randomized`, weights from `permuted_weights` to reuse across methods.
     """
     common = {"output": output, "input": input, "batch_size": batch_size, **options}
     trained = explain(model, x, method, targets, layer, **common)
     if randomized is None:
-        randomized = randomized_copy(model, model_inputs(model, x)[0], weights_seed)
-    other = explain(randomized, x, method, trained.targets, trained.layer, **common)
+        randomized = permuted_weights(model, weights_seed)
+    other = explain(model, x, method, trained.targets, trained.layer, weights=randomized, **common)
     correlation = rank_correlation(trained.maps, other.maps)
     # The randomised map went flat while the trained one was not: nothing of it survived.
     correlation[_is_flat(other.maps) & ~_is_flat(trained.maps)] = 0.0

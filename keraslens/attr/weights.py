@@ -1,0 +1,64 @@
+"""`Weights`: values to run a model's attribution graphs with, in place of its own.
+
+The score graphs take every variable's value as an argument of their compiled functions,
+so one trace serves the trained model and any other weights of the same architecture: the
+randomised weights of the sanity checks (Adebayo et al., 2018) cost no copy of the model
+and no second trace, and the model itself is never changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+class Weights:
+    """Values for some of a model's variables; the others keep their own.
+
+    Args:
+        values: `(variable, array)` pairs, each array of its variable's shape and dtype
+            (Keras variables cannot be dict keys).
+
+    Example:
+
+    ```python
+    randomised = permuted_weights(model, seed=1)
+    keraslens.attribute(model, x, "saliency", weights=randomised)
+    ```
+    """
+
+    def __init__(self, values: Iterable[tuple[Any, Any]]) -> None:
+        pairs = list(values)
+        self._variables = {id(v): v for v, _ in pairs}  # keeps the ids valid
+        self._values = {id(v): tf.convert_to_tensor(value, v.dtype) for v, value in pairs}
+
+    def value(self, variable: Any) -> Any:
+        """The value to use for `variable`: the one given, else its own current value."""
+        given = self._values.get(id(variable))
+        return variable.value if given is None else given
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+def permuted_weights(
+    model: keras.Model, seed: int = 0, variables: Iterable[Any] | None = None
+) -> Weights:
+    """Each trainable tensor of `model` (or each of `variables`) with more than one value,
+    its entries randomly permuted.
+
+    Permuting keeps each tensor's distribution (scale, sign) and destroys what training put
+    in it: the "full randomisation" of Adebayo et al. (2018), deterministic for a seed.
+    """
+    chosen = list(model.trainable_weights if variables is None else variables)
+    rng = np.random.default_rng(seed)
+    values = []
+    for variable in chosen:
+        value = np.asarray(variable)
+        if value.size > 1:
+            values.append((variable, rng.permutation(value.ravel()).reshape(value.shape)))
+    return Weights(values)
