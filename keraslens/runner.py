@@ -17,6 +17,7 @@ import keraslens
 from keraslens import registry
 from keraslens.capture import LayerStats, Lens
 from keraslens.capture.data import iterate_batches, symbolic_inputs
+from keraslens.capture.distributed import current_strategy
 from keraslens.capture.traversal import LayerSelector
 from keraslens.errors import KeraslensError
 from keraslens.isolation import DEFAULT_TIME_LIMIT, contained
@@ -256,10 +257,19 @@ class Analysis:
             An `AnalysisResult` (`.to_dict()`, `.to_json(path)`, `.to_html(path)`).
         """
         data, labels, n_samples, subset = _subsample(data, labels, samples, seed)
+        predicted = None
         if "stats" not in self.needs:
             stats = {}
         elif stats is None:
-            stats = self.lens.capture(data, batch_size, progress=progress, strategy=strategy)
+            strategy = strategy or current_strategy()
+            if "outputs" in self.needs and outputs is None and _in_memory(data) and not strategy:
+                # The plugins' sample is the data's first samples: the capture pass gives
+                # their outputs, sparing a `predict` (and its trace).
+                stats, predicted = self.lens.capture_with_outputs(
+                    data, batch_size, limit=SAMPLE_SIZE, progress=progress
+                )
+            else:
+                stats = self.lens.capture(data, batch_size, progress=progress, strategy=strategy)
         stats = dict(stats)
         sample = sample_labels = None
         if self.needs & _SAMPLE_NEEDS:
@@ -268,8 +278,7 @@ class Analysis:
             n_samples = next(iter(stats.values())).samples if stats else None
             if subset == "first" and n_samples is not None and n_samples < samples:
                 subset = None  # the dataset held fewer: all of it
-        predicted = None
-        if "outputs" in self.needs:
+        if "outputs" in self.needs and predicted is None:
             predict = outputs or (lambda s: self.model.predict(s, batch_size=64, verbose=0))
             predicted = predict(sample)
         context = {
@@ -489,6 +498,12 @@ def _subsample(data, labels, samples, seed):
     data = tf.nest.map_structure(lambda a: np.asarray(a)[index], data)
     labels = None if labels is None else np.asarray(labels)[index]
     return data, labels, samples, "random"
+
+
+def _in_memory(data: Any) -> bool:
+    """True for arrays (or a list, tuple or dict of them), which read the same every time;
+    a dataset may shuffle between two passes."""
+    return all(isinstance(part, np.ndarray) for part in tf.nest.flatten(data))
 
 
 def context_sample(data, labels, lens: Lens):

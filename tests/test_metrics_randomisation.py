@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from metrics_cases import Echo, constant, linear
 from scipy.stats import spearmanr
 
@@ -50,11 +51,13 @@ def test_a_constant_model_fails_random_logit_and_randomisation(x):
 def test_randomisation_explains_the_randomised_weights_not_the_original_ones(x):
     # Saliency of a linear model is |W[:, target]|. Had the metric kept the original
     # weights (Xplique's bug), it would correlate exactly 1 with itself; it must equal
-    # the correlation with the kernel permuted as the metric permutes it (seed 0, entries).
+    # the correlation with the kernel permuted as the metric permutes it (TensorFlow's
+    # stateless shuffle of its entries, seed (0, its index among the trainable tensors)).
     model = linear((6, 6, 1), 3)
     kernel = model.layers[-1].get_weights()[0]
     entry = keraslens.evaluate(model, x, "saliency", ["randomisation"], targets=0)
-    permuted = np.random.default_rng(0).permutation(kernel.ravel()).reshape(kernel.shape)
+    shuffled = tf.random.experimental.stateless_shuffle(kernel.ravel(), seed=[0, 0])
+    permuted = np.asarray(shuffled).reshape(kernel.shape)
     expected = spearmanr(np.abs(kernel[:, 0]), np.abs(permuted[:, 0])).statistic
     np.testing.assert_allclose(entry["randomisation"]["per_sample"], expected, atol=1e-9)
     assert expected < 0.5
@@ -80,7 +83,7 @@ def test_cascading_randomisation_of_saliency_falls_below_the_limit(x):
 def test_full_randomisation_agrees_with_the_independent_sanity_check_of_vis(x):
     from keraslens.vis.sanity import randomization_test
 
-    # Both permute each trainable tensor's entries with default_rng(seed), in model order.
+    # Both permute each trainable tensor's entries with the same seeded shuffle.
     model = _two_layers()
     ours = keraslens.evaluate(model, x, "saliency", ["randomisation"], targets=2)
     theirs = randomization_test(model, x, "saliency", targets=2)  # the tf-keras-vis path

@@ -24,6 +24,7 @@ class _Recorder(Plugin):
 
     def analyze(self, ctx):
         SEEN[self.name] = {"stats": ctx.stats, "sample": ctx.sample, "labels": ctx.labels}
+        SEEN[self.name]["outputs"] = ctx.outputs
         return PluginResult()
 
 
@@ -35,6 +36,11 @@ class NeedsStats(_Recorder):
 class NeedsSample(_Recorder):
     name = "needs-sample"
     needs = frozenset({"sample", "labels"})
+
+
+class NeedsOutputs(_Recorder):
+    name = "needs-outputs"
+    needs = frozenset({"stats", "outputs"})
 
 
 class NeedsNothing(_Recorder):
@@ -65,7 +71,7 @@ def _model() -> keras.Model:
 
 @pytest.fixture(autouse=True)
 def _recorders(monkeypatch):
-    install_plugins(monkeypatch, NeedsStats, NeedsSample, NeedsNothing)
+    install_plugins(monkeypatch, NeedsStats, NeedsSample, NeedsOutputs, NeedsNothing)
     SEEN.clear()
 
 
@@ -81,6 +87,28 @@ def test_each_plugin_is_given_only_what_it_needs():
     np.testing.assert_array_equal(SEEN["needs-sample"]["labels"], y[:SAMPLE_SIZE])
     assert SEEN["needs-sample"]["stats"] is None
     assert all(value is None for value in SEEN["needs-nothing"].values())
+
+
+def test_outputs_on_arrays_come_from_the_capture_pass_and_equal_predict(monkeypatch):
+    model = _model()
+    x = np.random.default_rng(0).normal(size=(300, 6)).astype("float32")
+    expected = model.predict(x[:SAMPLE_SIZE], verbose=0)
+    monkeypatch.setattr(model, "predict", lambda *a, **k: pytest.fail("predict was called"))
+
+    keraslens.analyze(model, x, plugins=["needs-outputs"], batch_size=50)
+
+    np.testing.assert_allclose(SEEN["needs-outputs"]["outputs"], expected, rtol=1e-6)
+
+
+def test_outputs_of_a_dataset_come_from_predict_on_the_sample():
+    # A dataset may shuffle between two passes, so its capture cannot stand for the sample.
+    model = _model()
+    data = CountingData(batches=3)
+
+    keraslens.analyze(model, data, plugins=["needs-outputs"])
+
+    expected = model.predict(data.x[:SAMPLE_SIZE], verbose=0)
+    np.testing.assert_allclose(SEEN["needs-outputs"]["outputs"], expected, rtol=1e-6)
 
 
 def test_plugins_that_need_statistics_only_read_the_data_once():

@@ -117,23 +117,35 @@ class Lens:
             return self._distributed(strategy).capture(data, batch_size, progress)
         return self._capture(data, batch_size, progress, outputs=None)
 
-    def capture_with_outputs(self, data: Any, batch_size: int = 256) -> tuple[dict, Any]:
-        """`capture`, and the model's outputs on every sample of `data` from the same pass.
+    def capture_with_outputs(
+        self,
+        data: Any,
+        batch_size: int = 256,
+        *,
+        limit: int | None = None,
+        progress: Progress | None = None,
+    ) -> tuple[dict, Any]:
+        """`capture`, and the model's outputs on the samples of `data` from the same pass.
 
-        The outputs grow with the data (as `model.predict`'s do): meant for a probe of a
-        few hundred samples.
+        The outputs grow with the data (as `model.predict`'s do): keep those of the first
+        `limit` samples only for a large one.
 
         Returns:
             `(stats, outputs)`: the statistics as `capture` returns them, and the outputs
             as NumPy arrays in the structure of the model's outputs.
         """
         outputs: list = []
-        stats = self._capture(data, batch_size, None, outputs=outputs)
+        stats = self._capture(data, batch_size, progress, outputs, limit)
         joined = tf.nest.map_structure(lambda *parts: np.concatenate(parts), *outputs)
         return stats, joined
 
     def _capture(
-        self, data: Any, batch_size: int, progress: Progress | None, outputs: list | None
+        self,
+        data: Any,
+        batch_size: int,
+        progress: Progress | None,
+        outputs: list | None,
+        limit: int | None = None,
     ) -> dict[str, LayerStats]:
         recorder = self.recorder
         batches, total = iterate_batches(data, batch_size, recorder.input_rank())
@@ -145,9 +157,12 @@ class Lens:
             size = int(tf.nest.flatten(batch)[0].shape[0])
             if size == 0:  # nothing to add, and oneDNN's fused convolutions fail on it
                 continue
-            batch_sites, part, batch_outputs = recorder.batch_sums(batch, outputs is not None)
-            if outputs is not None:
-                outputs.append(batch_outputs)
+            batch_sites, part, batch_outputs = recorder.batch_sums(batch)
+            kept = size if limit is None else min(size, limit - done)
+            if outputs is not None and kept > 0:
+                outputs.append(
+                    tf.nest.map_structure(lambda t, k=kept: t[:k].numpy(), batch_outputs)
+                )
             if total_sums is None:
                 sites, total_sums = batch_sites, part
             else:

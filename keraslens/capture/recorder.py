@@ -100,7 +100,6 @@ class Recorder:
         # Traced without autograph, as Keras traces its own predict step: the model runs as
         # `model.predict` runs it, and converting every layer call would double the trace.
         self._stats_step = tf.function(self._forward_stats, autograph=False)
-        self._stats_outputs_step = tf.function(self._forward_stats_outputs, autograph=False)
         self._activations_step = tf.function(self._forward_activations, autograph=False)
 
     @property
@@ -145,22 +144,17 @@ class Recorder:
         self.sites = self._sites_by_spec[signature]
         return self.sites
 
-    def batch_sums(
-        self, batch: Any, with_outputs: bool = False
-    ) -> tuple[list[CallSite], Sums, Any]:
+    def batch_sums(self, batch: Any) -> tuple[list[CallSite], Sums, Any]:
         """The call sites, the kernel's outputs for all of them on `batch`, and the model's
-        outputs from the same pass (NumPy) when `with_outputs`, else None.
+        outputs from the same pass (tensors: a caller that wants them converts them).
 
         The sites' rows and shifts are side by side along the units axis, in site order,
         and their histograms one per row: one `Sums` for the whole model, so merging a
-        batch is a few NumPy operations, not a few per layer. The outputs have a step of
-        their own, so a plain capture never copies them out.
+        batch is a few NumPy operations, not a few per layer.
         """
-        step = self._stats_outputs_step if with_outputs else self._stats_step
-        sites = self._trace(batch, step)
+        sites = self._trace(batch, self._stats_step)
         with running(self.model, batch):
-            rows, shift, hist, *outputs = traced(lambda: step(batch))
-        outputs = tf.nest.map_structure(lambda t: t.numpy(), outputs[0]) if outputs else None
+            rows, shift, hist, outputs = traced(lambda: self._stats_step(batch))
         return sites, Sums(rows.numpy(), shift.numpy(), hist.numpy()), outputs
 
     def activations(self, batch: Any) -> dict[str, tf.Tensor]:
@@ -221,10 +215,7 @@ class Recorder:
         summaries.add(tensor, bounds, summary)
         return summary
 
-    def _forward_stats(self, x: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        return self._forward_stats_outputs(x)[:3]
-
-    def _forward_stats_outputs(self, x: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, Any]:
+    def _forward_stats(self, x: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, Any]:
         recorded, outputs = self._record(x, summarize=True)
         self._traced_sites = [site for site, _, _ in recorded.values()]
         rows, shifts, hists = zip(*(summary for _, _, summary in recorded.values()), strict=True)

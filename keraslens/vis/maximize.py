@@ -234,8 +234,11 @@ class _Ascent:
         """Units of each of the target's outputs; a unit index runs along them in order."""
         self._positions = list(range(1, len(shape)))  # the axes between batch and channels
         self._sample_axes = list(range(1, len(shape) + 1))
+        # Without autograph (the loop is an explicit `tf.while_loop`): converting every
+        # layer call of a large model would cost about as much as the trace itself.
         self.run = tf.function(
             self._run,
+            autograph=False,
             input_signature=[
                 tf.TensorSpec((None, *shape), tf.float32),
                 tf.TensorSpec((None,), tf.int32),
@@ -248,15 +251,19 @@ class _Ascent:
 
     def _run(self, start, units, steps, seed, settings, jitter):
         middle, half, step_size, l2_weight, tv_weight = tf.unstack(settings)
-        x, m, v = start, tf.zeros_like(start), tf.zeros_like(start)
-        for step in tf.range(steps):
+
+        def ascend(step, x, m, v):
             gradient = self._gradient(x, units, seed, step, middle, l2_weight, tv_weight, jitter)
             t = tf.cast(step + 1, tf.float32)
             m = _ADAM_BETA1 * m + (1 - _ADAM_BETA1) * gradient
             v = _ADAM_BETA2 * v + (1 - _ADAM_BETA2) * tf.square(gradient)
             rate = step_size * tf.sqrt(1 - _ADAM_BETA2**t) / (1 - _ADAM_BETA1**t)
             x = tf.clip_by_value(x + rate * m / (tf.sqrt(v) + _ADAM_EPSILON), -half, half)
-        return x
+            return step + 1, x, m, v
+
+        zeros = tf.zeros_like(start)
+        loop = tf.while_loop(lambda step, *_: step < steps, ascend, (0, start, zeros, zeros))
+        return loop[1]
 
     def _gradient(self, x, units, seed, step, middle, l2_weight, tv_weight, jitter):
         with tf.GradientTape() as tape:
