@@ -316,7 +316,10 @@ class _Replay:
         if self._found is None:
             return inputs, outputs
         self.calls.clear()
-        spare = keras.Input(shape=tuple(self._found.shape[1:]), dtype=self._found.dtype)
+        # Named: an automatic name can repeat one of the model's own ("input_layer_1").
+        spare = keras.Input(
+            shape=tuple(self._found.shape[1:]), dtype=self._found.dtype, name="keraslens_spare"
+        )
         extended = keras.Model([*view.inputs, spare], view.outputs)
         inputs, outputs = self._pass(extended, [*shapes, spare.shape[1:]], shift=True)
         self.shift = inputs[-1]
@@ -324,8 +327,8 @@ class _Replay:
 
     def _pass(self, view: keras.Model, shapes: list, shift: bool = False) -> tuple[list, list]:
         inputs = [
-            keras.Input(batch_shape=(None, *shape), dtype=t.dtype)
-            for t, shape in zip(view.inputs, shapes, strict=True)
+            keras.Input(batch_shape=(None, *shape), dtype=t.dtype, name=f"keraslens_input_{i}")
+            for i, (t, shape) in enumerate(zip(view.inputs, shapes, strict=True))
         ]
         token = inputs[self.token] if self.token is not None else None
         done = [False]
