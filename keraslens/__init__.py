@@ -31,6 +31,7 @@ _EXPORTS = {
     "PluginResult": "keraslens.plugin",
     "PluginRun": "keraslens.result",
     "Table": "keraslens.plugin",
+    "Weights": "keraslens.attr.weights",
     "analyze": "keraslens.runner",
     "attribute": "keraslens.attr",
     "evaluate": "keraslens.metrics",
@@ -39,6 +40,7 @@ _EXPORTS = {
     "load_model": "keraslens.io",
     "maximize": "keraslens.vis",
     "maximize_with_classes": "keraslens.vis",
+    "permuted_weights": "keraslens.attr.weights",
     "render_html": "keraslens.report",
 }
 
@@ -58,6 +60,7 @@ __all__ = [
     "PluginResult",
     "PluginRun",
     "Table",
+    "Weights",
     "__version__",
     "analyze",
     "attention",
@@ -68,6 +71,7 @@ __all__ = [
     "load_model",
     "maximize",
     "maximize_with_classes",
+    "permuted_weights",
     "registry",
     "render_html",
 ]
@@ -90,6 +94,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:
     from keraslens import attention, registry
     from keraslens.attr import attribute
+    from keraslens.attr.weights import Weights, permuted_weights
     from keraslens.callback import LensCallback
     from keraslens.capture import LayerStats, Lens
     from keraslens.errors import KeraslensError

@@ -54,7 +54,7 @@ def attribute(
         batch_size: rows (samples x steps, draws, masks or patches) per internal pass; None
             sizes it by the input.
         weights: values to run the model with in place of some of its own (e.g.
-            `keraslens.attr.weights.permuted_weights(model)`, a randomised model), through
+            `keraslens.permuted_weights(model)`, a randomised model), through
             the same compiled functions; the model is not changed.
         **options: the method's options (see `docs/attribution.md`), e.g. `steps=128`.
 

@@ -26,8 +26,9 @@ class Weights:
     Example:
 
     ```python
-    randomised = permuted_weights(model, seed=1)
-    keraslens.attribute(model, x, "saliency", weights=randomised)
+    conv = model.get_layer("conv1")
+    zeroed = keraslens.Weights([(conv.kernel, 0 * conv.kernel.numpy())])
+    keraslens.attribute(model, x, "saliency", weights=zeroed)  # conv1's kernel zeroed
     ```
     """
 
@@ -54,6 +55,13 @@ def permuted_weights(
     Permuting keeps each tensor's distribution (scale, sign) and destroys what training put
     in it: the "full randomisation" of Adebayo et al. (2018), deterministic for a seed
     (tensor `i` of the list is shuffled with the stateless seed `(seed, i)`).
+
+    Example:
+
+    ```python
+    randomised = keraslens.permuted_weights(model, seed=1)
+    keraslens.attribute(model, x, "saliency", weights=randomised)
+    ```
     """
     chosen = list(model.trainable_weights if variables is None else variables)
     values = []
