@@ -106,18 +106,30 @@ class CompiledGraph:
 
     @cached_property
     def gradient_fn(self) -> Callable:
-        """Compiled `(feeds, targets, weights) -> (*d target logit / d watched feed,
-        *outputs)`: the gradients of one backward pass, and the outputs of its forward."""
+        """Compiled `(feeds, targets, weights, which) -> (d target logit / d feed
+        watched[which], *outputs)`.
 
-        def gradient(feeds, targets, weights):
+        Only the chosen gradient is computed when it runs (a switch over the watched feeds):
+        a class activation map at a layer pays no backward pass down to the input, and the
+        gradient at the input shares the same trace.
+        """
+
+        def gradient(feeds, targets, weights, which):
             sources = [feeds[i] for i in self.watched]
-            with tf.GradientTape() as tape:
+            with tf.GradientTape(persistent=True) as tape:
                 tape.watch(sources)
                 outputs = self._outputs(feeds, weights)
                 score = tf.gather(outputs[0], targets[:, None], batch_dims=1)[:, 0]
-            return (*tape.gradient(score, sources), *outputs)
+            branches = [lambda s=s: tape.gradient(score, s) for s in sources]
+            chosen = branches[0]() if len(branches) == 1 else tf.switch_case(which, branches)
+            return (chosen, *outputs)
 
-        signature = [self.feed_specs, tf.TensorSpec((None,), tf.int32), self.weight_specs]
+        signature = [
+            self.feed_specs,
+            tf.TensorSpec((None,), tf.int32),
+            self.weight_specs,
+            tf.TensorSpec((), tf.int32),
+        ]
         return tf.function(gradient, signature, autograph=False)
 
 
@@ -179,9 +191,9 @@ class ScoreGraph:
 
     def gradient(self, feeds: list, targets: Any, weights: list) -> tuple[tf.Tensor, list]:
         """d target logit / d explained feed, and the outputs, from one compiled pass."""
-        watched = self.compiled.watched
-        result = self.compiled.gradient_fn(feeds, targets, weights)
-        return result[watched.index(self.explained_feed)], list(result[len(watched) :])
+        which = self.compiled.watched.index(self.explained_feed)
+        result = self.compiled.gradient_fn(feeds, targets, weights, tf.constant(which))
+        return result[0], list(result[1:])
 
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
