@@ -133,7 +133,7 @@ class Heatmaps(Plugin):
         targets = _targets(options, None if labels is None else labels[shown])
         result = PluginResult(data={"samples": shown})
         explained = [None] if len(specs) == 1 else [s.key for s in specs]
-        copies: dict = {}  # one set of randomised weights for every input, output and method
+        permuted: dict = {}  # permuted weights per seed, shared by every input, output, method
         for index, key in enumerate(explained):
             x = sample[index]
             tokens = np.issubdtype(x.dtype, np.integer)
@@ -147,7 +147,7 @@ class Heatmaps(Plugin):
             data["layer"] = layer
             for output in outputs:
                 where = Explained(
-                    sample if key is not None else x, x, key, output, layer, tokens, copies
+                    sample if key is not None else x, x, key, output, layer, tokens, permuted
                 )
                 part = self._explain_output(ctx, where, targets, labels, shown)
                 if len(outputs) == 1:
@@ -376,15 +376,15 @@ class Explained:
     output: int | str | None
     layer: str | None
     tokens: bool
-    copies: dict = field(default_factory=dict, compare=False)
+    permuted: dict = field(default_factory=dict, compare=False)
 
     def randomized(self, model: Any, seed: int) -> Any:
         """The model's permuted weights, drawn once for every method of this pass."""
         from keraslens.attr.weights import permuted_weights
 
-        if "weights" not in self.copies:
-            self.copies["weights"] = permuted_weights(model, seed)
-        return self.copies["weights"]
+        if seed not in self.permuted:
+            self.permuted[seed] = permuted_weights(model, seed)
+        return self.permuted[seed]
 
     @property
     def suffix(self) -> str:

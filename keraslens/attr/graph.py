@@ -74,9 +74,8 @@ class CompiledGraph:
     def weights(self, override: Weights | None = None) -> list[tf.Tensor]:
         """What the compiled functions run with: each variable's current value, or the one
         `override` gives (read now, so a model trained since the trace is seen as it is)."""
-        if override is None:
-            return [source.value for source in self.sources]
-        return [override.value(source) for source in self.sources]
+        read = (lambda source: source.value) if override is None else override.value
+        return [read(source) for source in self.sources]
 
     @cached_property
     def feed_specs(self) -> list[tf.TensorSpec]:
