@@ -73,7 +73,7 @@ def per_step(steps: int) -> None:
     from tf_keras_vis.activation_maximization.regularizers import Norm, TotalVariation2D
     from tf_keras_vis.utils.scores import CategoricalScore
 
-    from keraslens.vis.maximize import unit_model
+    from keraslens.attr.compat import build_graph
 
     model, _ = digits_cnn()
     classes = list(range(10))
@@ -83,7 +83,8 @@ def per_step(steps: int) -> None:
     ours = (time.perf_counter() - started) / steps * 1e3
     # Both sides ascend the same pre-softmax scores (tf-keras-vis's ReplaceToLinear needs
     # `output_names`, which a Keras 3 Sequential lacks).
-    visualizer = ActivationMaximization(unit_model(model, None, (32, 32, 1)), clone=False)
+    scores = build_graph(model, (32, 32, 1)).score_model()
+    visualizer = ActivationMaximization(scores, clone=False)
     seed = np.random.default_rng(0).uniform(0, 1, (10, 32, 32, 1)).astype(np.float32)
     arguments = dict(
         seed_input=seed,

@@ -115,11 +115,12 @@ class ActivationMaximization(Plugin):
         )
         rows = []
         synthesised = _synthesise(ctx.model, targets, settings)
-        for name, (layer, output, units) in targets.items():
+        natural = _natural(ctx.model, x, targets)
+        for name, (layer, _, units) in targets.items():
             if len(units) == 0:
                 continue
             report, figure = _report(
-                ctx, x, name, layer, output, units, synthesised[name], settings
+                x, name, layer, units, synthesised[name], natural[name], settings
             )
             result.data["layers"][name] = report
             rows += [[name, *row] for row in _rows(report)]
@@ -179,8 +180,8 @@ def _targets(ctx: AnalysisContext, x: np.ndarray, shape: tuple, options) -> dict
     for chosen in outputs:
         name = "output classes" if chosen is None else f"classes of output {chosen}"
         targets[name] = (None, chosen, _classes(ctx, x, options, chosen))
-    # A layer's units do not depend on the output; any one builds the layer's model.
-    any_output = None if len(names) == 1 else 0
+    # A layer's units do not depend on the output; any one builds the layer's graph.
+    any_output = None if len(names) == 1 else names[0]
     for layer in options["layers"] or _default_layers(ctx.model, shape):
         units = _extreme_units(ctx.stats, layer, ctx.model, x, options, any_output)
         targets[layer] = (layer, any_output, units)
@@ -189,7 +190,7 @@ def _targets(ctx: AnalysisContext, x: np.ndarray, shape: tuple, options) -> dict
 
 def _classes(ctx: AnalysisContext, x: np.ndarray, options: dict[str, Any], output) -> list[int]:
     from keraslens.attr.compat import input_shape_of
-    from keraslens.vis.maximize import unit_model
+    from keraslens.vis.maximize import unit_count
 
     if options["classes"]:
         try:
@@ -198,10 +199,8 @@ def _classes(ctx: AnalysisContext, x: np.ndarray, options: dict[str, Any], outpu
             raise KeraslensError(
                 f"activation-maximization.classes must be class indices, got {options['classes']}."
             ) from None
-    # The class count is the score model's width: no pass of the model is needed.
-    count = int(
-        unit_model(ctx.model, None, input_shape_of(ctx.model, x), output).outputs[0].shape[-1]
-    )
+    # The class count is the score graph's width: no pass of the model is needed.
+    count = unit_count(ctx.model, None, input_shape_of(ctx.model, x), output)
     return list(range(min(count, options["max_classes"])))
 
 
@@ -256,13 +255,28 @@ def _synthesise(model, targets: dict[str, tuple], settings: dict[str, Any]) -> d
     return found
 
 
-def _report(
-    ctx, x, name, layer, output, units, synthesised, settings
-) -> tuple[dict[str, Any], Figure]:
-    from keraslens.vis.figures import maximization_montage
-    from keraslens.vis.maximize import unit_activations
+def _natural(model, x: np.ndarray, targets: dict[str, tuple]) -> dict[str, np.ndarray]:
+    """Report name -> `(N, units)` activations of its units on the data sample. A layer's
+    units and its output's classes come from one pass (the graph gives both)."""
+    from keraslens.vis.maximize import class_and_unit_activations
 
-    natural = unit_activations(ctx.model, layer, x, output)[:, units]
+    layers = {output: layer for layer, output, units in targets.values() if layer and len(units)}
+    passes: dict[tuple, tuple] = {}
+    natural = {}
+    for name, (layer, output, units) in targets.items():
+        if len(units) == 0:
+            continue
+        at = layer or layers.get(output)
+        if (at, output) not in passes:
+            passes[at, output] = class_and_unit_activations(model, at, x, output)
+        classes, values = passes[at, output]
+        natural[name] = (values if layer else classes)[:, units]
+    return natural
+
+
+def _report(x, name, layer, units, synthesised, natural, settings) -> tuple[dict[str, Any], Figure]:
+    from keraslens.vis.figures import maximization_montage
+
     best = natural.argmax(axis=0)
     report = {
         "units": units,

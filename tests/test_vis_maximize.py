@@ -53,11 +53,51 @@ def test_conv_filters_beat_every_digit_in_the_data(digits):
     assert np.all(result.activations > natural.max(axis=0)[live])
 
 
+def _conv1_means(model, x):
+    """Oracle: conv1's filters averaged over positions, from a plain Keras sub-model."""
+    conv1 = keras.Model(model.inputs[0], model.get_layer("conv1").output)
+    return np.asarray(conv1(x)).mean(axis=(1, 2))
+
+
+def _logits(model, x):
+    """Oracle: the head's pre-softmax scores in NumPy, from conv2's output and its weights."""
+    conv2 = keras.Model(model.inputs[0], model.get_layer("conv2").output)
+    kernel, bias = model.get_layer("head").get_weights()
+    return np.asarray(conv2(x)).reshape(len(x), -1) @ kernel + bias
+
+
 def test_reached_activation_is_that_of_the_returned_input(digits):
-    model, _ = digits
+    model, x = digits
     result = maximize(model, "conv1", [3], steps=5, seed=0)
-    recomputed = unit_activations(model, "conv1", result.inputs)[0, 3]
-    np.testing.assert_allclose(result.activations[0], recomputed, rtol=1e-5)
+    np.testing.assert_allclose(
+        result.activations[0], _conv1_means(model, result.inputs)[0, 3], rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        unit_activations(model, "conv1", x[:50]), _conv1_means(model, x[:50]), rtol=1e-4, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        unit_activations(model, None, x[:50]), _logits(model, x[:50]), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_weights_changed_after_a_call_are_the_ones_maximised(digits):
+    # The compiled step reads the model's weights at every call: a model trained (here:
+    # given a new head) after a first call is maximised as it is now, not as it was.
+    model, x = digits
+    head = model.get_layer("head")
+    kept = head.get_weights()
+    maximize(model, None, [2], steps=2, seed=0)
+    try:
+        head.set_weights([-kept[0], kept[1] + 1.0])
+        result = maximize(model, None, [2], steps=3, seed=0)
+        np.testing.assert_allclose(
+            result.activations, _logits(model, result.inputs)[:, 2], rtol=1e-4, atol=1e-4
+        )
+        np.testing.assert_allclose(
+            unit_activations(model, None, x[:20]), _logits(model, x[:20]), rtol=1e-4, atol=1e-4
+        )
+    finally:
+        head.set_weights(kept)
 
 
 def test_inputs_stay_in_the_data_range(digits):
@@ -110,13 +150,20 @@ def test_auto_steps_fall_as_one_over_sqrt_of_the_parameters():
     assert auto_steps(25_600_000) == 20  # ResNet50: 100 / 5.06 = 19.8, floored at 20
 
 
-def test_a_second_call_on_the_same_layer_neither_rebuilds_nor_retraces(digits):
-    from keraslens.vis.maximize import _ascent
+def test_a_second_call_neither_rebuilds_nor_retraces_and_heatmaps_share_the_trace(digits):
+    from keraslens.vis.maximize import _graph, _steps
 
-    model, _ = digits
+    model, x = digits
     maximize(model, "conv2", [0, 1], steps=2, seed=0)
     maximize(model, "conv2", [0, 1, 2, 3, 4], steps=3, seed=1, learning_rate=0.1)
-    assert _ascent(model, "conv2", (8, 8, 1), None).run.experimental_get_tracing_count() == 1
+    maximize(model, None, [3], steps=2, seed=0)  # classes: on the default layer's graph
+    graph = _graph(model, "conv2", (8, 8, 1), None)
+    assert graph is _graph(model, None, (8, 8, 1), None)
+    assert graph.compiled.gradient_fn.experimental_get_tracing_count() == 1
+    assert _steps((8, 8, 1)).update.experimental_get_tracing_count() == 1
+    keraslens.attribute(model, x[:4], "gradcam")  # the heatmaps' default layer: conv2
+    keraslens.attribute(model, x[:4], "saliency")
+    assert graph.compiled.gradient_fn.experimental_get_tracing_count() == 1
 
 
 def test_all_units_are_one_batch_each_unit_its_own_input(digits):
@@ -131,7 +178,7 @@ def test_all_units_are_one_batch_each_unit_its_own_input(digits):
 
 
 def test_units_and_classes_together_equal_each_maximised_alone(digits):
-    from keraslens.vis.maximize import _ascent, maximize_with_classes
+    from keraslens.vis.maximize import maximize_with_classes
 
     model, _ = digits
     units, classes = maximize_with_classes(model, "conv2", [1, 4], [0, 7], steps=6, seed=3)
@@ -141,8 +188,6 @@ def test_units_and_classes_together_equal_each_maximised_alone(digits):
     ):
         np.testing.assert_allclose(together.inputs, alone.inputs, atol=1e-4)
         np.testing.assert_allclose(together.activations, alone.activations, rtol=1e-4, atol=1e-5)
-    joint = _ascent(model, "conv2", (8, 8, 1), None, with_classes=True)
-    assert joint.widths == [16, 10] and joint.run.experimental_get_tracing_count() == 1
 
 
 def _two_output_model():

@@ -1,12 +1,12 @@
-"""Keras 3 shims: one Functional graph from the inputs to a pre-activation score and a layer.
+"""Keras 3 shims: any model seen as a Functional graph, and its output before activation.
 
-tf-keras-vis 0.8.7 needs a Functional model whose `inputs` connect to both the score and
-the target layer's `output`. On Keras 3 that breaks three ways: `ReplaceToLinear` reads
-`output_names` (absent on Sequential), subclassed models have no `inputs`/`outputs`, and a
-layer inside a nested backbone is not connected to the outer inputs ("Graph disconnected",
-tf-keras-vis issue #63). `build_graph` rebuilds the forward pass once, sharing the user's
-layers and weights, so that all three are plain Functional tensors; the model itself is
-never modified.
+Attribution needs the model's pre-activation score and a layer's output, both connected to
+the inputs. On Keras 3 a Sequential has no `output_names` (tf-keras-vis's
+`ReplaceToLinear` reads them), a subclassed model has no `inputs`/`outputs`, and a layer
+inside a nested backbone is not connected to the outer inputs ("Graph disconnected",
+tf-keras-vis issue #63). `functional_view` replays any model as a Functional graph of its
+own layers (so its weights), and `pre_activation` finds the score before the output's
+softmax or sigmoid; the model itself is never modified.
 """
 
 from __future__ import annotations
@@ -25,35 +25,24 @@ from keraslens.errors import KeraslensError, shape_text
 
 @dataclass(frozen=True)
 class ExplanationGraph:
-    """The tensors an attribution method needs, all connected to `inputs`.
+    """A model's forward pass rebuilt to its chosen output's pre-activation score.
 
     Args:
-        inputs: the Input tensors (a list, as tf-keras-vis calls models with lists).
+        inputs: the Input tensors.
         logits: the chosen output before its activation (softmax, sigmoid, ...).
         to_probability: maps `logits` to what the model itself outputs.
         linear: False when the output activation could not be separated (then `logits`
             is the model output as is).
-        target_layer: a layer whose `output` is the chosen layer's activation, for
-            tf-keras-vis's `penultimate_layer`; None when no layer was asked for.
-        layer_path: path of the chosen layer (`backbone/conv`), or None.
     """
 
     inputs: list
     logits: Any
     to_probability: Callable[[Any], Any]
     linear: bool
-    target_layer: keras.layers.Layer | None
-    layer_path: str | None
 
     def score_model(self) -> keras.Model:
         """A Functional model from the inputs to the pre-activation score."""
         return keras.Model(self.inputs, self.logits)
-
-    def layer_model(self) -> keras.Model:
-        """A Functional model from the inputs to the chosen layer's activation."""
-        if self.target_layer is None:
-            raise KeraslensError("No layer was chosen; pass `layer=` to build a layer model.")
-        return keras.Model(self.inputs, self.target_layer.output)
 
 
 def input_shape_of(model: keras.Model, x: np.ndarray | None = None) -> tuple:
@@ -145,34 +134,27 @@ def _is_functional(model: keras.layers.Layer) -> bool:
 
 
 def build_graph(
-    model: keras.Model,
-    input_shape: Sequence,
-    output: int | str | None = None,
-    layer: str | None = None,
+    model: keras.Model, input_shape: Sequence, output: int | str | None = None
 ) -> ExplanationGraph:
-    """Rebuild `model`'s forward pass with its pre-activation score and a layer exposed.
+    """Rebuild `model`'s forward pass (with its own layers) to its pre-activation score.
 
     Args:
         model: a Functional, Sequential or subclassed Keras model with one input.
         input_shape: the shape of one sample.
         output: which output to explain, by index or name; None for a single-output model.
-        layer: path of the layer whose activation is needed (`"backbone/Conv_1"`), or None.
-
-    Returns:
-        An `ExplanationGraph`.
     """
     view = functional_view(model, input_shape)
-    path = layer.split("/") if layer else []
-    if path:
-        check_path(view, path)
-    inputs, outputs, activation, calls = _replay(view, path)
-    chosen = outputs[output_index(view, output)]
+    calls: dict[int, tuple] = {}
+
+    def call(layer, *args, **kwargs):
+        out = layer(*args, **kwargs)
+        calls[id(out)] = (layer, args, kwargs)
+        return out
+
+    replayed = keras.models.clone_model(view, clone_function=lambda lay: lay, call_function=call)
+    chosen = list(replayed.outputs)[output_index(view, output)]
     logits, to_probability, linear = pre_activation(chosen, calls)
-    target_layer = None
-    if activation is not None:
-        target_layer = keras.layers.Identity(name="keraslens_target")
-        target_layer(activation)
-    return ExplanationGraph(inputs, logits, to_probability, linear, target_layer, layer or None)
+    return ExplanationGraph(list(replayed.inputs), logits, to_probability, linear)
 
 
 def check_path(model: keras.Model, path: Sequence[str], prefix: str = "") -> None:
@@ -199,37 +181,6 @@ def check_path(model: keras.Model, path: Sequence[str], prefix: str = "") -> Non
 def _operations(model: keras.Model) -> list:
     """Layers and operations (ConvNeXt's `inputs + x` is an `Add` operation, no layer)."""
     return list(getattr(model, "operations", None) or model.layers)
-
-
-def _replay(view: keras.Model, path: Sequence[str]) -> tuple[list, list, Any, dict]:
-    """Re-run `view`'s graph on fresh Inputs with the user's own layers.
-
-    Returns the new inputs, the new outputs, the activation at `path` (or None) and, for
-    every produced tensor, the `(layer, args, kwargs)` call that made it.
-    """
-    calls: dict[int, tuple] = {}
-    found: dict[str, Any] = {}
-    head, rest = (path[0], path[1:]) if path else (None, ())
-
-    def call(layer, *args, **kwargs):
-        if layer.name == head and rest:
-            inner = _exposing(functional_view(layer, args[0].shape[1:]), rest)
-            out, found["activation"] = inner(*args, **kwargs)
-        else:
-            out = layer(*args, **kwargs)
-            if layer.name == head:
-                found["activation"] = out
-        calls[id(out)] = (layer, args, kwargs)
-        return out
-
-    replayed = keras.models.clone_model(view, clone_function=lambda lay: lay, call_function=call)
-    return list(replayed.inputs), list(replayed.outputs), found.get("activation"), calls
-
-
-def _exposing(view: keras.Model, path: Sequence[str]) -> keras.Model:
-    """`view` with the activation at `path` as an extra output: `x -> [outputs, activation]`."""
-    inputs, outputs, activation, _ = _replay(view, path)
-    return keras.Model(inputs[0], [outputs[0] if len(outputs) == 1 else outputs, activation])
 
 
 def parse_output(text: str) -> int | str | None:

@@ -104,32 +104,60 @@ class CompiledGraph:
         return tf.function(self._outputs, [self.feed_specs, self.weight_specs], autograph=False)
 
     @cached_property
-    def gradient_fn(self) -> Callable:
-        """Compiled `(feeds, targets, weights, which) -> (d target logit / d feed
-        watched[which], *outputs)`.
+    def widths(self) -> list[int]:
+        """Units of each output: its last axis (classes, channels); 1 for a rank-1 output."""
+        return [int(t.shape[-1]) if len(t.shape) > 1 else 1 for t in self.model.outputs]
 
-        Only the chosen gradient is computed when it runs (a switch over the watched feeds):
-        a class activation map at a layer pays no backward pass down to the input, and the
+    @cached_property
+    def gradient_fn(self) -> Callable:
+        """Compiled `(feeds, cotangents, weights, which) -> (d score / d feed watched[which],
+        *outputs)`, where `score` sums, over the outputs, `unit_values(output) * cotangent`
+        (`cotangents[i]` is `(batch, widths[i])`).
+
+        One-hot cotangents on the logits give a target logit's gradient; on a layer's
+        values, a unit's mean activation (activation maximization). Only the chosen
+        gradient is computed when it runs (a switch over the watched feeds): a class
+        activation map at a layer pays no backward pass down to the input, and the
         gradient at the input shares the same trace.
         """
 
-        def gradient(feeds, targets, weights, which):
+        def gradient(feeds, cotangents, weights, which):
             sources = [feeds[i] for i in self.watched]
             with tf.GradientTape(persistent=True) as tape:
                 tape.watch(sources)
                 outputs = self._outputs(feeds, weights)
-                score = tf.gather(outputs[0], targets[:, None], batch_dims=1)[:, 0]
-            branches = [lambda s=s: tape.gradient(score, s) for s in sources]
+                score = tf.add_n(
+                    [
+                        tf.reduce_sum(unit_values(o) * c)
+                        for o, c in zip(outputs, cotangents, strict=True)
+                    ]
+                )
+            # Zeros, not None, where the score does not depend on a feed (the layer is the
+            # output layer, whose pre-activation copy bypasses the shift).
+            zero = tf.UnconnectedGradients.ZERO
+            branches = [
+                lambda s=s: tape.gradient(score, s, unconnected_gradients=zero) for s in sources
+            ]
             chosen = branches[0]() if len(branches) == 1 else tf.switch_case(which, branches)
             return (chosen, *outputs)
 
         signature = [
             self.feed_specs,
-            tf.TensorSpec((None,), tf.int32),
+            [tf.TensorSpec((None, width), tf.float32) for width in self.widths],
             self.weight_specs,
             tf.TensorSpec((), tf.int32),
         ]
         return tf.function(gradient, signature, autograph=False)
+
+
+def unit_values(values: Any) -> Any:
+    """`(batch, units)` values of a layer's output: the mean over positions of each channel
+    (a conv filter's mean activation); a rank-1 output is one unit."""
+    if len(values.shape) == 1:
+        return values[:, None]
+    if len(values.shape) == 2:
+        return values
+    return tf.reduce_mean(values, axis=list(range(1, len(values.shape) - 1)))
 
 
 @dataclass(frozen=True)
@@ -162,8 +190,15 @@ class ScoreGraph:
 
     @property
     def classes(self) -> int:
-        """Number of scores the explained output has."""
-        return int(self.model.outputs[0].shape[-1])
+        """Number of scores the explained output has; raises for an output that is not
+        `(batch, classes)` (a map, a sequence), which attributions cannot explain."""
+        logits = self.model.outputs[0]
+        if len(logits.shape) != 2:
+            raise KeraslensError(
+                f"The explained output has shape {tuple(logits.shape)}; attributions explain "
+                "scores of shape (batch, classes). Choose another output with output=."
+            )
+        return int(logits.shape[-1])
 
     @property
     def shifted(self) -> bool:
@@ -190,8 +225,17 @@ class ScoreGraph:
 
     def gradient(self, feeds: list, targets: Any, weights: list) -> tuple[tf.Tensor, list]:
         """d target logit / d explained feed, and the outputs, from one compiled pass."""
-        which = self.compiled.watched.index(self.explained_feed)
-        result = self.compiled.gradient_fn(feeds, targets, weights, tf.constant(which))
+        targets = tf.one_hot(targets, self.classes)
+        spare = [tf.zeros((len(targets), w)) for w in self.compiled.widths[1:]]
+        return self.unit_gradient(feeds, [targets, *spare], weights, self.explained_feed)
+
+    def unit_gradient(
+        self, feeds: list, cotangents: list, weights: list, feed: int
+    ) -> tuple[tf.Tensor, list]:
+        """d sum(cotangent * unit values) over the outputs / d feeds[feed], and the outputs
+        (`CompiledGraph.gradient_fn`)."""
+        which = tf.constant(self.compiled.watched.index(feed))
+        result = self.compiled.gradient_fn(feeds, cotangents, weights, which)
         return result[0], list(result[1:])
 
 
@@ -254,11 +298,8 @@ def _build(model, specs, explained, output, layer, relu_rule) -> ScoreGraph:
         )
     chosen = outputs[output_index(view, output)]
     logits, to_probability, _ = pre_activation(chosen, replay.calls)
-    if len(logits.shape) != 2:
-        raise KeraslensError(
-            f"The explained output has shape {tuple(logits.shape)}; attributions explain "
-            "scores of shape (batch, classes). Choose another output with output=."
-        )
+    if len(logits.shape) == 1:  # one score per sample: one class
+        logits = keras.layers.Reshape((1,), name="keraslens_one_score")(logits)
     shifted = replay.shift is not None
     graph = keras.Model(
         inputs + [replay.shift] * shifted, [logits, replay.base] if shifted else [logits]

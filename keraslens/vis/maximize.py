@@ -1,13 +1,16 @@
 """`maximize()`: synthesise the inputs that most activate chosen units.
 
-All the chosen units are optimised together, one input each in one batch, by one compiled
-gradient-ascent loop (`tf.function` over every step), so a call costs one trace and then
-`steps` batched forward and backward passes.
+All the chosen units are optimised together, one input each in one batch. Each step is one
+call of the score graph's compiled gradient (`keraslens.attr.graph`), the one the heatmaps
+use: the objective is linear in the graph's outputs (a class's logit, a unit's mean
+activation), so one-hot cotangents on them give its gradient, and a report traces the
+model once for both. Jitter, the penalties and Adam are a small compiled function of their
+own around it.
 """
 
 from __future__ import annotations
 
-import weakref
+import functools
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -15,7 +18,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keraslens.attr.compat import build_graph, input_shape_of, require_continuous_input
+from keraslens.attr.compat import input_shape_of, require_continuous_input
+from keraslens.attr.graph import ScoreGraph, score_graph, unit_values
+from keraslens.attr.inputs import model_inputs
+from keraslens.attr.layers import last_spatial_layer
 from keraslens.errors import KeraslensError
 
 _ADAM_BETA1, _ADAM_BETA2, _ADAM_EPSILON = 0.9, 0.999, 1e-7
@@ -35,22 +41,12 @@ class Maximization(NamedTuple):
     activations: np.ndarray
 
 
-def unit_model(
+def unit_count(
     model: keras.Model, layer: str | None, input_shape: Sequence, output: int | str | None = None
-) -> keras.Model:
-    """A model from the input to `layer`'s activation, or to the pre-activation class scores
-    when `layer` is None (a softmax would let a class win only by suppressing the others).
-
-    A rank-1 output `(batch,)` is one score per sample: it becomes unit 0 of `(batch, 1)`.
-    Built once per model, layer, output and input shape, then reused.
-    """
-    return _ascent(model, layer, tuple(input_shape), output).target
-
-
-def unit_values(outputs: np.ndarray) -> np.ndarray:
-    """`(N, units)` values of a layer output: conv filters averaged over positions."""
-    outputs = np.asarray(outputs)
-    return outputs.mean(axis=tuple(range(1, outputs.ndim - 1))) if outputs.ndim > 2 else outputs
+) -> int:
+    """Units of `layer` (its channels), or classes of the output when `layer` is None."""
+    graph = _graph(model, layer, tuple(input_shape), output)
+    return graph.compiled.widths[1 if layer else 0]
 
 
 def unit_activations(
@@ -60,15 +56,30 @@ def unit_activations(
     output: int | str | None = None,
     batch_size: int = 128,
 ) -> np.ndarray:
-    """`(N, units)` activations of `layer`'s units (or the class scores) on the data `x`."""
+    """`(N, units)` activations of `layer`'s units (conv filters averaged over positions),
+    or the pre-activation class scores when `layer` is None, on the data `x`."""
+    classes, units = class_and_unit_activations(model, layer, x, output, batch_size)
+    return classes if layer is None else units
+
+
+def class_and_unit_activations(
+    model: keras.Model,
+    layer: str | None,
+    x: np.ndarray,
+    output: int | str | None = None,
+    batch_size: int = 128,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """`(N, classes)` pre-activation class scores and `(N, units)` activations of `layer`'s
+    units (None without a layer), from one pass over `x`."""
     x = np.asarray(x, dtype=np.float32)
-    target = unit_model(model, layer, input_shape_of(model, x), output)
-    return np.concatenate(
-        [
-            unit_values(target([x[start : start + batch_size]], training=False))
-            for start in range(0, len(x), batch_size)
-        ]
-    )
+    graph = _graph(model, layer, input_shape_of(model, x), output)
+    weights = graph.weights()
+    parts = [
+        [np.asarray(unit_values(o)) for o in graph.outputs(_feeds(graph, chunk), weights)]
+        for chunk in (x[start : start + batch_size] for start in range(0, len(x), batch_size))
+    ]
+    columns = [np.concatenate(column) for column in zip(*parts, strict=True)]
+    return columns[0], (columns[1] if layer else None)
 
 
 def maximize(
@@ -176,14 +187,17 @@ def _ascend(
     l2_weight,
     jitter,
 ) -> list[Maximization]:
-    """Maximise each `(layer, units)` part in one batch of one compiled loop: a layer's
-    units alone, or a layer's units then the output's classes (`(None, classes)`)."""
+    """Maximise each `(layer, units)` part in one batch: a layer's units alone, or a layer's
+    units then the output's classes (`(None, classes)`)."""
     require_continuous_input(model)
     shape = tuple(input_shape) if input_shape is not None else input_shape_of(model)
-    ascent = _ascent(model, parts[0][0], shape, output, with_classes=len(parts) > 1)
+    layer = parts[0][0]
+    graph = _graph(model, layer, shape, output)
+    # Which of the graph's outputs each part reads: the layer's values, or the logits.
+    read = [1 if part_layer else 0 for part_layer, _ in parts]
     chosen = [
-        _checked_units(units, width, layer)
-        for (layer, units), width in zip(parts, ascent.widths, strict=True)
+        _checked_units(units, graph.compiled.widths[index], part_layer)
+        for (part_layer, units), index in zip(parts, read, strict=True)
     ]
     low, high = (float(v) for v in input_range)
     if not high > low:
@@ -197,21 +211,39 @@ def _ascend(
     start = np.concatenate(
         [np.random.default_rng(seed).uniform(-span / 2, span / 2, (len(u), *shape)) for u in chosen]
     )
-    offsets = np.concatenate([[0], np.cumsum(ascent.widths)[:-1]])
-    flat = np.concatenate([units + offset for units, offset in zip(chosen, offsets, strict=True)])
+    # One-hot cotangents: each input's objective is its own unit's value, so the gradient
+    # of their sum is each input's own gradient (the samples of a batch do not interact).
+    cotangents = [np.zeros((len(start), width), np.float32) for width in graph.compiled.widths]
+    rows = np.arange(len(start))
+    owner = np.repeat(read, [len(u) for u in chosen])
+    flat = np.concatenate(chosen)
+    for index in set(read):
+        cotangents[index][rows[owner == index], flat[owner == index]] = 1.0
     # The offset from the middle of the range is optimised, so that the L2 penalty pulls
     # towards mid-grey rather than towards `low` (where its gradient is 0/0 on a dead unit).
     middle = (low + high) / 2
-    ascended = ascent.run(
-        tf.constant(start, tf.float32),
-        tf.constant(flat, tf.int32),
-        tf.constant(steps, tf.int32),
-        tf.constant(seed % 2**31, tf.int32),
-        tf.constant([middle, span / 2, learning_rate * span, l2_weight / span, tv_weight / span]),
-        tf.constant(int(jitter), tf.int32),
+    settings = tf.constant(
+        [middle, span / 2, learning_rate * span, l2_weight / span, tv_weight / span]
     )
-    inputs = ascended.numpy() + np.float32(middle)
-    reached = _joined_values(ascent.target([inputs], training=False))[np.arange(len(flat)), flat]
+    step_fns = _steps(shape)
+    seed_t, jitter_t = tf.constant(seed % 2**31, tf.int32), tf.constant(int(jitter), tf.int32)
+    weights = graph.weights()
+    cotangents = [tf.constant(c) for c in cotangents]
+    spare = _feeds(graph, start)[1:]  # a zero shift, when the graph has one
+    x = tf.constant(start, tf.float32)
+    m = v = tf.zeros_like(x)
+    shown = step_fns.shown(x, tf.constant(0), seed_t, jitter_t, settings)
+    for step in range(steps):
+        gradient, _ = graph.unit_gradient([shown, *spare], cotangents, weights, 0)
+        x, m, v, shown = step_fns.update(
+            x, m, v, gradient, tf.constant(step), seed_t, jitter_t, settings
+        )
+    inputs = x.numpy() + np.float32(middle)
+    _, outputs = graph.unit_gradient(_feeds(graph, inputs), cotangents, weights, 0)
+    values = [np.asarray(unit_values(o)) for o in outputs]
+    reached = np.array(
+        [values[index][row, unit] for row, index, unit in zip(rows, owner, flat, strict=True)]
+    )
     ends = np.cumsum([len(units) for units in chosen])
     return [
         Maximization(inputs[end - len(units) : end], reached[end - len(units) : end])
@@ -219,80 +251,78 @@ def _ascend(
     ]
 
 
-def _joined_values(outputs) -> np.ndarray:
-    """`unit_values` of each of a target's outputs, side by side along the units axis."""
-    return np.concatenate([unit_values(o) for o in tf.nest.flatten(outputs)], axis=1)
+def _graph(model: keras.Model, layer: str | None, shape: tuple, output) -> ScoreGraph:
+    """The score graph at `layer` whose outputs are the logits and the layer's values.
+
+    Class scores alone are taken on the graph at the heatmaps' default layer (the last
+    with positions), whose trace a report shares; its logits are the same.
+    """
+    specs, _ = model_inputs(model, np.zeros((1, *shape), np.float32))
+    at = layer or last_spatial_layer(model, shape)
+    return score_graph(model, specs, 0, output=output, layer=at)
 
 
-class _Ascent:
-    """The compiled ascent loop for one unit model, traced once for any number of units,
-    steps and settings (all are tensors of a fixed signature)."""
+def _feeds(graph: ScoreGraph, x) -> list:
+    """The graph's feeds for inputs `x`: a zero shift when it has one."""
+    if graph.shift_shape is None:
+        return [x]
+    return [x, tf.zeros((len(x), *graph.shift_shape))]
 
-    def __init__(self, target: keras.Model, shape: tuple) -> None:
-        self.target = target
-        self.widths = [int(t.shape[-1]) for t in target.outputs]
-        """Units of each of the target's outputs; a unit index runs along them in order."""
+
+class _Steps:
+    """The arithmetic of an ascent step around the model's gradient, compiled once per
+    input shape: the jittered input the model sees, and the penalised Adam update (which
+    also gives what the model sees at the next step)."""
+
+    def __init__(self, shape: tuple) -> None:
         self._positions = list(range(1, len(shape)))  # the axes between batch and channels
         self._sample_axes = list(range(1, len(shape) + 1))
-        # Without autograph (the loop is an explicit `tf.while_loop`): converting every
-        # layer call of a large model would cost about as much as the trace itself.
-        self.run = tf.function(
-            self._run,
-            autograph=False,
-            input_signature=[
-                tf.TensorSpec((None, *shape), tf.float32),
-                tf.TensorSpec((None,), tf.int32),
-                tf.TensorSpec((), tf.int32),
-                tf.TensorSpec((), tf.int32),
-                tf.TensorSpec((5,), tf.float32),
-                tf.TensorSpec((), tf.int32),
-            ],
+        batch = tf.TensorSpec((None, *shape), tf.float32)
+        scalar = tf.TensorSpec((), tf.int32)
+        settings = tf.TensorSpec((5,), tf.float32)
+        self.shown = tf.function(self._shown, [batch, scalar, scalar, scalar, settings])
+        self.update = tf.function(
+            self._update, [batch, batch, batch, batch, scalar, scalar, scalar, settings]
         )
 
-    def _run(self, start, units, steps, seed, settings, jitter):
-        middle, half, step_size, l2_weight, tv_weight = tf.unstack(settings)
+    def _shown(self, x, step, seed, jitter, settings):
+        """What the model sees: `x` shifted at random (jitter), moved to the range's middle."""
+        return self._rolled(x, self._shift(seed, step, jitter)) + settings[0]
 
-        def ascend(step, x, m, v):
-            gradient = self._gradient(x, units, seed, step, middle, l2_weight, tv_weight, jitter)
-            t = tf.cast(step + 1, tf.float32)
-            m = _ADAM_BETA1 * m + (1 - _ADAM_BETA1) * gradient
-            v = _ADAM_BETA2 * v + (1 - _ADAM_BETA2) * tf.square(gradient)
-            rate = step_size * tf.sqrt(1 - _ADAM_BETA2**t) / (1 - _ADAM_BETA1**t)
-            x = tf.clip_by_value(x + rate * m / (tf.sqrt(v) + _ADAM_EPSILON), -half, half)
-            return step + 1, x, m, v
-
-        zeros = tf.zeros_like(start)
-        loop = tf.while_loop(lambda step, *_: step < steps, ascend, (0, start, zeros, zeros))
-        return loop[1]
-
-    def _gradient(self, x, units, seed, step, middle, l2_weight, tv_weight, jitter):
+    def _update(self, x, m, v, gradient, step, seed, jitter, settings):
+        _, half, step_size, l2_weight, tv_weight = tf.unstack(settings)
+        # The model's gradient is at the shifted input: shift it back.
+        gradient = self._rolled(gradient, -self._shift(seed, step, jitter))
         with tf.GradientTape() as tape:
             tape.watch(x)
-            shown = self._jittered(x, seed, step, jitter)
-            outputs = tf.nest.flatten(self.target([shown + middle], training=False))
-            values = tf.concat(
-                [tf.reduce_mean(o, axis=list(range(1, len(o.shape) - 1))) for o in outputs], 1
-            )
-            score = tf.gather(values, units[:, None], batch_dims=1)[:, 0]
-            objective = score - l2_weight * tf.sqrt(
-                tf.reduce_mean(tf.square(x), axis=self._sample_axes)
-            )
+            penalty = l2_weight * tf.sqrt(tf.reduce_mean(tf.square(x), axis=self._sample_axes))
             if self._positions:
-                objective -= tv_weight * _total_variation(x, self._positions)
-            total = tf.reduce_sum(objective)
-        return tape.gradient(total, x)
+                penalty += tv_weight * _total_variation(x, self._positions)
+            penalty = tf.reduce_sum(penalty)
+        gradient -= tape.gradient(penalty, x)
+        t = tf.cast(step + 1, tf.float32)
+        m = _ADAM_BETA1 * m + (1 - _ADAM_BETA1) * gradient
+        v = _ADAM_BETA2 * v + (1 - _ADAM_BETA2) * tf.square(gradient)
+        rate = step_size * tf.sqrt(1 - _ADAM_BETA2**t) / (1 - _ADAM_BETA1**t)
+        x = tf.clip_by_value(x + rate * m / (tf.sqrt(v) + _ADAM_EPSILON), -half, half)
+        return x, m, v, self._shown(x, step + 1, seed, jitter, settings)
 
-    def _jittered(self, x, seed, step, jitter):
-        if not self._positions:
-            return x
-        shift = tf.random.stateless_uniform(
+    def _rolled(self, x, shift):
+        return tf.roll(x, shift, axis=self._positions) if self._positions else x
+
+    def _shift(self, seed, step, jitter):
+        return tf.random.stateless_uniform(
             (len(self._positions),),
             seed=tf.stack([seed, step]),
             minval=-jitter,
             maxval=jitter + 1,
             dtype=tf.int32,
         )
-        return tf.roll(x, shift, axis=self._positions)
+
+
+@functools.cache
+def _steps(shape: tuple) -> _Steps:
+    return _Steps(shape)
 
 
 def _total_variation(x: tf.Tensor, axes: Sequence[int]) -> tf.Tensor:
@@ -307,43 +337,6 @@ def _total_variation(x: tf.Tensor, axes: Sequence[int]) -> tf.Tensor:
         behind = tf.gather(x, tf.range(0, size - 1), axis=axis)
         total += tf.reduce_mean(tf.abs(ahead - behind), axis=every)
     return total
-
-
-_ASCENTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _ascent(
-    model: keras.Model,
-    layer: str | None,
-    shape: tuple,
-    output: int | str | None,
-    with_classes: bool = False,
-) -> _Ascent:
-    """The cached `_Ascent` of (model, layer, input shape, output, with the class scores
-    too or not): a second call for the same unit model neither rebuilds its graph nor
-    retraces its loop."""
-    cache = _ASCENTS.setdefault(model, {})
-    key = (layer, shape, output, with_classes)
-    if key not in cache:
-        target = _build_unit_model(model, layer, shape, output, with_classes)
-        cache[key] = _Ascent(target, shape)
-    return cache[key]
-
-
-def _build_unit_model(
-    model: keras.Model,
-    layer: str | None,
-    input_shape: tuple,
-    output: int | str | None,
-    with_classes: bool = False,
-) -> keras.Model:
-    graph = build_graph(model, input_shape, output, layer)
-    outputs = [graph.layer_model().outputs[0]] if layer else []
-    if with_classes or not layer:
-        outputs.append(graph.score_model().outputs[0])
-    # A rank-1 output `(batch,)` is one unit: `(batch, 1)`.
-    outputs = [keras.layers.Reshape((1,))(o) if len(o.shape) == 1 else o for o in outputs]
-    return keras.Model(graph.inputs, outputs if len(outputs) > 1 else outputs[0])
 
 
 def _checked_units(units: int | Sequence[int], count: int, layer: str | None) -> np.ndarray:
