@@ -171,6 +171,35 @@ def test_a_second_call_with_the_same_shapes_does_not_retrace(images):
     assert graph.compiled.gradient_fn.experimental_get_tracing_count() == traces
 
 
+def test_every_relu_rule_runs_on_one_trace_and_the_chain_rule_is_the_plain_gradient(images):
+    # A backbone nested with ReLU layers and fused ReLUs: the shared graph rewrites them
+    # all, and under the chain rule its gradient is the one TensorFlow gives the model.
+    keras.utils.set_random_seed(3)
+    backbone = keras.Sequential(
+        [
+            keras.Input((8, 8, 2)),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.Conv2D(4, 3),
+            keras.layers.ReLU(),
+        ],
+        name="backbone",
+    )
+    x = keras.Input((8, 8, 2))
+    model = keras.Model(x, keras.layers.Dense(3)(keras.layers.Flatten()(backbone(x))))
+    value = tf.constant(images)
+    with tf.GradientTape() as tape:
+        tape.watch(value)
+        score = tf.reduce_sum(model(value)[:, 1])
+    expected = tape.gradient(score, value).numpy()
+    gradient = keraslens.attribute(model, images, "gradient-input", targets=1) / images
+    np.testing.assert_allclose(gradient, expected, rtol=1e-4, atol=1e-6)
+    guided = keraslens.attribute(model, images, "guided-backprop", targets=1)
+    deconvnet = keraslens.attribute(model, images, "deconvnet", targets=1)
+    assert not np.allclose(guided, expected) and not np.allclose(deconvnet, guided)
+    graph = score_graph(model, model_inputs(model, images)[0], 0)
+    assert graph.compiled.gradient_fn.experimental_get_tracing_count() == 1
+
+
 def test_a_gradient_method_traces_no_forward_pass_of_its_own(images):
     model = _softmax_cnn()
     predicted = _logits(model, images).argmax(1)

@@ -8,8 +8,8 @@ weights), as a Functional graph that
 - optionally adds a zero-valued `shift` input to the output of one layer (an `Embedding`
   fed by token ids, or any `layer=`), so that gradients and perturbations are taken at
   that layer's output while masks computed from the tokens still flow;
-- optionally replaces every ReLU by a rule for its backward pass (guided backpropagation,
-  deconvnet).
+- replaces every ReLU by one whose backward pass follows a rule given when it runs (the
+  chain rule, guided backpropagation, deconvnet), so that one trace serves every rule.
 
 The model itself is never modified. Graphs are cached per model, so a second call with the
 same choices reuses the compiled functions built on them.
@@ -17,6 +17,7 @@ same choices reuses the compiled functions built on them.
 
 from __future__ import annotations
 
+import contextvars
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -37,6 +38,13 @@ from keraslens.attr.compat import (
 )
 from keraslens.attr.weights import Weights
 from keraslens.errors import KeraslensError
+
+RELU_RULES = (None, "guided", "deconvnet")
+"""The backward rules of the graphs' ReLUs, by the code their compiled functions take."""
+
+_RULE: contextvars.ContextVar = contextvars.ContextVar("keraslens_relu_rule", default=None)
+"""The rule code tensor while a gradient function traces its forward pass; None elsewhere
+(plain ReLUs, no custom gradient: a forward pass or a caller's own tape)."""
 
 
 @dataclass(frozen=True)
@@ -87,11 +95,16 @@ class CompiledGraph:
         """Signatures of the variables' values, passed to every compiled function."""
         return [tf.TensorSpec(v.shape, v.dtype) for v in self.model.variables]
 
-    def _outputs(self, feeds: list, weights: list) -> list:
-        """The model's outputs on `feeds`, its variables reading `weights`."""
+    def _outputs(self, feeds: list, weights: list, rule: Any = None) -> list:
+        """The model's outputs on `feeds`, its variables reading `weights`, its ReLUs'
+        backward passes following `rule` (a `RELU_RULES` code tensor; None: plain ReLUs)."""
         mapping = list(zip(self.model.variables, weights, strict=True))
-        with keras.StatelessScope(state_mapping=mapping):
-            outputs = self.model(feeds, training=False)
+        token = _RULE.set(rule)
+        try:
+            with keras.StatelessScope(state_mapping=mapping):
+                outputs = self.model(feeds, training=False)
+        finally:
+            _RULE.reset(token)
         return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
 
     # The compiled functions below are traced without autograph, as Keras traces its own
@@ -110,9 +123,10 @@ class CompiledGraph:
 
     @cached_property
     def gradient_fn(self) -> Callable:
-        """Compiled `(feeds, cotangents, weights, which) -> (d score / d feed watched[which],
-        *outputs)`, where `score` sums, over the outputs, `unit_values(output) * cotangent`
-        (`cotangents[i]` is `(batch, widths[i])`).
+        """Compiled `(feeds, cotangents, weights, which, rule) -> (d score / d feed
+        watched[which], *outputs)`, where `score` sums, over the outputs,
+        `unit_values(output) * cotangent` (`cotangents[i]` is `(batch, widths[i])`) and the
+        ReLUs pass gradients by `RELU_RULES[rule]`.
 
         One-hot cotangents on the logits give a target logit's gradient; on a layer's
         values, a unit's mean activation (activation maximization). Only the chosen
@@ -121,11 +135,11 @@ class CompiledGraph:
         gradient at the input shares the same trace.
         """
 
-        def gradient(feeds, cotangents, weights, which):
+        def gradient(feeds, cotangents, weights, which, rule):
             sources = [feeds[i] for i in self.watched]
             with tf.GradientTape(persistent=True) as tape:
                 tape.watch(sources)
-                outputs = self._outputs(feeds, weights)
+                outputs = self._outputs(feeds, weights, rule)
                 score = tf.add_n(
                     [
                         tf.reduce_sum(unit_values(o) * c)
@@ -145,6 +159,7 @@ class CompiledGraph:
             self.feed_specs,
             [tf.TensorSpec((None, width), tf.float32) for width in self.widths],
             self.weight_specs,
+            tf.TensorSpec((), tf.int32),
             tf.TensorSpec((), tf.int32),
         ]
         return tf.function(gradient, signature, autograph=False)
@@ -173,6 +188,7 @@ class ScoreGraph:
         shift_shape: one sample's shape of the model's shift feed, None without one. A
             graph explained at an input may still have one: it is then fed zeros.
         to_probability: maps logits to what the model itself outputs.
+        relu_rule: the backward rule of every ReLU in `gradient` (`RELU_RULES`).
     """
 
     compiled: CompiledGraph = field(compare=False, repr=False)
@@ -182,6 +198,7 @@ class ScoreGraph:
     layer: str | None
     shift_shape: tuple[int, ...] | None
     to_probability: Callable[[Any], Any]
+    relu_rule: str | None = None
 
     @property
     def model(self) -> keras.Model:
@@ -235,7 +252,8 @@ class ScoreGraph:
         """d sum(cotangent * unit values) over the outputs / d feeds[feed], and the outputs
         (`CompiledGraph.gradient_fn`)."""
         which = tf.constant(self.compiled.watched.index(feed))
-        result = self.compiled.gradient_fn(feeds, cotangents, weights, which)
+        rule = tf.constant(RELU_RULES.index(self.relu_rule))
+        result = self.compiled.gradient_fn(feeds, cotangents, weights, which, rule)
         return result[0], list(result[1:])
 
 
@@ -261,34 +279,39 @@ def score_graph(
         layer: explain at this layer's output (`"backbone/conv"`); None: at the input, or
             at the first layer fed by an integer input (its embedding).
         relu_rule: None, `"guided"` or `"deconvnet"`: the backward rule for every ReLU.
+            Every rule runs on the same graph and trace.
     """
-    key = (tuple(specs), explained, output, layer, relu_rule)
+    if relu_rule not in RELU_RULES:
+        raise KeraslensError(f"relu_rule must be one of {RELU_RULES}; got {relu_rule!r}.")
+    key = (tuple(specs), explained, output, layer)
     per_model = _CACHE.setdefault(model, {})
-    if key not in per_model:
-        shared = _input_view(per_model, key) if layer is None else None
-        per_model[key] = shared or _build(model, tuple(specs), explained, output, layer, relu_rule)
-    return per_model[key]
+    if (key, relu_rule) not in per_model:
+        if (key, None) not in per_model:
+            shared = _input_view(per_model, key) if layer is None else None
+            per_model[key, None] = shared or _build(model, tuple(specs), explained, output, layer)
+        per_model[key, relu_rule] = replace(per_model[key, None], relu_rule=relu_rule)
+    return per_model[key, relu_rule]
 
 
 def _input_view(per_model: dict, key: tuple) -> ScoreGraph | None:
-    """A graph already built at a layer of the same model, inputs, output and rule, seen at
-    its (continuous) input: its gradient pass gives the input's gradient too, so no
-    second graph is traced."""
-    specs, explained, output, _, relu_rule = key
-    for (s, e, o, layer, rule), graph in per_model.items():
-        if (s, e, o, rule) == (specs, explained, output, relu_rule) and layer is not None:
+    """A graph already built at a layer of the same model, inputs and output, seen at its
+    (continuous) input: its gradient pass gives the input's gradient too, so no second
+    graph is traced."""
+    specs, explained, output, _ = key
+    for ((s, e, o, layer), rule), graph in per_model.items():
+        if (s, e, o, rule) == (specs, explained, output, None) and layer is not None:
             if explained in graph.compiled.watched:
                 return replace(graph, layer=None)
     return None
 
 
-def _build(model, specs, explained, output, layer, relu_rule) -> ScoreGraph:
+def _build(model, specs, explained, output, layer) -> ScoreGraph:
     view = functional_model(model, specs)
     path = layer.split("/") if layer else []
     if path:
         check_path(view, path)
     token_input = specs[explained].is_integer and not path
-    replay = _Replay(path, relu_rule, explained if token_input else None)
+    replay = _Replay(path, explained if token_input else None)
     inputs, outputs = replay.run(view, [s.shape for s in specs])
     if (path or token_input) and replay.shift is None:
         raise KeraslensError(
@@ -343,14 +366,14 @@ class _Replay:
 
     Records, for every produced tensor, the `(layer, args, kwargs)` call that made it (for
     `pre_activation`), adds the shift at `path` or after the first layer fed by the input
-    at index `token`, and applies `relu_rule` to every ReLU, entering nested models when it
-    must. A shift takes two passes: the first finds the layer and the shape of its output,
+    at index `token`, and makes every ReLU a `_RuleReLU`, entering nested models that have
+    one. A shift takes two passes: the first finds the layer and the shape of its output,
     the second replays a copy of the view that takes the shift as one more input
     (`clone_model` builds a model on the given inputs only).
     """
 
-    def __init__(self, path: Sequence[str], relu_rule: str | None, token: int | None) -> None:
-        self.path, self.relu_rule, self.token = list(path), relu_rule, token
+    def __init__(self, path: Sequence[str], token: int | None) -> None:
+        self.path, self.token = list(path), token
         self.calls: dict[int, tuple] = {}
         self.shift = self.base = None
         self.layer_name: str | None = None
@@ -404,7 +427,7 @@ class _Replay:
         if not done[0] and head == layer.name and len(self.path) > 1:
             done[0] = True
             return self._enter(layer, args, kwargs, shift)
-        if self.relu_rule and isinstance(layer, keras.Model):
+        if isinstance(layer, keras.Model) and _has_relu(layer):
             inner_view = _functional_inner(layer, args)
             if not is_opaque(inner_view, layer):
                 return self._rewritten_inner(inner_view, args, kwargs)
@@ -421,7 +444,7 @@ class _Replay:
         return out
 
     def _enter(self, layer, args, kwargs, shift):
-        inner = _Replay(self.path[1:], self.relu_rule, None)
+        inner = _Replay(self.path[1:], None)
         inner_inputs, inner_outputs = inner.run(_functional_inner(layer, args))
         if inner.shift is None:
             return layer(*args, **kwargs)
@@ -435,20 +458,18 @@ class _Replay:
         return keras.Model([*inner_inputs, inner.shift], out_value)([*args, shift])
 
     def _rewritten_inner(self, inner_view, args, kwargs):
-        inner = _Replay([], self.relu_rule, None)
+        inner = _Replay([], None)
         inner_inputs, inner_outputs = inner.run(inner_view)
         out_value = inner_outputs[0] if len(inner_outputs) == 1 else inner_outputs
         return keras.Model(inner_inputs, out_value)(*args, **kwargs)
 
     def _rewritten_call(self, layer, args, kwargs):
-        if self.relu_rule is None:
-            return layer(*args, **kwargs)
         if _is_relu_layer(layer):
-            return _RuleReLU(self.relu_rule)(args[0])
+            return _RuleReLU()(args[0])
         activation = getattr(layer, "activation", None)
         if activation is not None and _is_relu(activation):
             out = linear_call(layer, f"{layer.name}_linear", args, kwargs)
-            return _RuleReLU(self.relu_rule)(out)
+            return _RuleReLU()(out)
         return layer(*args, **kwargs)
 
 
@@ -463,7 +484,17 @@ def _floating(tensor: Any) -> bool:
 
 
 def _is_relu(activation: Any) -> bool:
-    return keras.activations.serialize(activation) == "relu"
+    return activation is not None and keras.activations.serialize(activation) == "relu"
+
+
+def _has_relu(model: keras.Model) -> bool:
+    """True when a layer of `model`, nested models' included, is or ends in a ReLU."""
+    return any(
+        _is_relu_layer(layer)
+        or _is_relu(getattr(layer, "activation", None))
+        or (isinstance(layer, keras.Model) and _has_relu(layer))
+        for layer in model.layers
+    )
 
 
 def _is_relu_layer(layer: keras.layers.Layer) -> bool:
@@ -491,29 +522,35 @@ class _Shift(keras.layers.Layer):
 
 
 class _RuleReLU(keras.layers.Layer):
-    """ReLU forward; backward by a rule of Springenberg et al. (2015) or Zeiler & Fergus (2014).
+    """ReLU forward; backward by the rule a gradient function runs with (`RELU_RULES`).
 
-    `"guided"`: the gradient passes where both the input and the incoming gradient are
-    positive. `"deconvnet"`: it passes where the incoming gradient is positive, whatever
-    the input.
+    `None`: the chain rule, the gradient passes where the input is positive. `"guided"`
+    (Springenberg et al., 2015): where both the input and the incoming gradient are
+    positive. `"deconvnet"` (Zeiler & Fergus, 2014): where the incoming gradient is
+    positive, whatever the input. Outside a gradient function it is a plain ReLU.
     """
 
-    def __init__(self, rule: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.rule = rule
-
     def call(self, inputs):
-        rule = self.rule
+        rule = _RULE.get()
+        if rule is None:
+            return tf.nn.relu(inputs)
 
         @tf.custom_gradient
         def relu(x):
-            def backward(upstream):
-                passed = tf.nn.relu(upstream)
-                if rule == "guided":
-                    passed = passed * tf.cast(x > 0, upstream.dtype)
-                return passed
+            y = tf.nn.relu(x)
 
-            return tf.nn.relu(x), backward
+            def backward(upstream):
+                # Arithmetic on the rule, no branch per ReLU (a branch costs more to trace
+                # than it saves): guided and deconvnet pass only the positive part of the
+                # gradient (a floor at 0 instead of -inf), and deconvnet passes it whatever
+                # the input (every feature counts as positive).
+                floor = tf.cast(tf.where(rule != 0, 0.0, -np.inf), upstream.dtype)
+                deconvnet = tf.cast(rule == RELU_RULES.index("deconvnet"), y.dtype)
+                return tf.raw_ops.ReluGrad(
+                    gradients=tf.maximum(upstream, floor), features=y + deconvnet
+                )
+
+            return y, backward
 
         return relu(inputs)
 

@@ -1,7 +1,9 @@
 """Guided backpropagation and deconvnet: gradients with a rule for every ReLU's backward pass.
 
-Both run on a copy of the forward graph whose ReLUs (layers and `activation="relu"`) pass
-gradients by their rule (`keraslens.attr.graph._RuleReLU`); the model is never modified.
+Both run on the score graph every gradient method shares, whose ReLUs (layers and
+`activation="relu"`) pass gradients by the rule the compiled gradient is called with
+(`keraslens.attr.graph._RuleReLU`): no graph or trace of their own, and the model is never
+modified.
 They are the known failing controls of the randomisation sanity check (Adebayo et al.,
 2018): their maps barely depend on the weights.
 """
