@@ -10,7 +10,6 @@ own around it.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -221,24 +220,29 @@ def _ascend(
         cotangents[index][rows[owner == index], flat[owner == index]] = 1.0
     # The offset from the middle of the range is optimised, so that the L2 penalty pulls
     # towards mid-grey rather than towards `low` (where its gradient is 0/0 on a dead unit).
-    middle = (low + high) / 2
-    settings = tf.constant(
-        [middle, span / 2, learning_rate * span, l2_weight / span, tv_weight / span]
-    )
-    step_fns = _steps(shape)
-    seed_t, jitter_t = tf.constant(seed % 2**31, tf.int32), tf.constant(int(jitter), tf.int32)
+    middle = np.float32((low + high) / 2)
     weights = graph.weights()
     cotangents = [tf.constant(c) for c in cotangents]
     spare = _feeds(graph, start)[1:]  # a zero shift, when the graph has one
-    x = tf.constant(start, tf.float32)
-    m = v = tf.zeros_like(x)
-    shown = step_fns.shown(x, tf.constant(0), seed_t, jitter_t, settings)
+    positions = tuple(range(1, len(shape)))  # the axes between batch and channels
+    x = start.astype(np.float32)
+    m, v = np.zeros_like(x), np.zeros_like(x)
+    # Jitter, penalties and Adam are a few NumPy operations on the inputs: compiling them
+    # would cost more to trace than they take over all the steps.
     for step in range(steps):
+        shift = _shift(seed, step, jitter, len(positions))
+        shown = np.roll(x, shift, axis=positions) + middle
         gradient, _ = graph.unit_gradient([shown, *spare], cotangents, weights, 0)
-        x, m, v, shown = step_fns.update(
-            x, m, v, gradient, tf.constant(step), seed_t, jitter_t, settings
-        )
-    inputs = x.numpy() + np.float32(middle)
+        # The model's gradient is at the shifted input: shifted back, it is `x`'s.
+        gradient = np.roll(gradient, [-k for k in shift], axis=positions)
+        gradient -= _penalty_gradient(x, l2_weight / span, tv_weight / span, positions)
+        m = _ADAM_BETA1 * m + (1 - _ADAM_BETA1) * gradient
+        v = _ADAM_BETA2 * v + (1 - _ADAM_BETA2) * np.square(gradient)
+        t = step + 1
+        rate = learning_rate * span * np.sqrt(1 - _ADAM_BETA2**t) / (1 - _ADAM_BETA1**t)
+        x = np.clip(x + rate * m / (np.sqrt(v) + _ADAM_EPSILON), -span / 2, span / 2)
+        x = x.astype(np.float32)
+    inputs = x + middle
     _, outputs = graph.unit_gradient(_feeds(graph, inputs), cotangents, weights, 0)
     values = [np.asarray(unit_values(o)) for o in outputs]
     reached = np.array(
@@ -269,74 +273,36 @@ def _feeds(graph: ScoreGraph, x) -> list:
     return [x, tf.zeros((len(x), *graph.shift_shape))]
 
 
-class _Steps:
-    """The arithmetic of an ascent step around the model's gradient, compiled once per
-    input shape: the jittered input the model sees, and the penalised Adam update (which
-    also gives what the model sees at the next step)."""
-
-    def __init__(self, shape: tuple) -> None:
-        self._positions = list(range(1, len(shape)))  # the axes between batch and channels
-        self._sample_axes = list(range(1, len(shape) + 1))
-        batch = tf.TensorSpec((None, *shape), tf.float32)
-        scalar = tf.TensorSpec((), tf.int32)
-        settings = tf.TensorSpec((5,), tf.float32)
-        self.shown = tf.function(self._shown, [batch, scalar, scalar, scalar, settings])
-        self.update = tf.function(
-            self._update, [batch, batch, batch, batch, scalar, scalar, scalar, settings]
-        )
-
-    def _shown(self, x, step, seed, jitter, settings):
-        """What the model sees: `x` shifted at random (jitter), moved to the range's middle."""
-        return self._rolled(x, self._shift(seed, step, jitter)) + settings[0]
-
-    def _update(self, x, m, v, gradient, step, seed, jitter, settings):
-        _, half, step_size, l2_weight, tv_weight = tf.unstack(settings)
-        # The model's gradient is at the shifted input: shift it back.
-        gradient = self._rolled(gradient, -self._shift(seed, step, jitter))
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            penalty = l2_weight * tf.sqrt(tf.reduce_mean(tf.square(x), axis=self._sample_axes))
-            if self._positions:
-                penalty += tv_weight * _total_variation(x, self._positions)
-            penalty = tf.reduce_sum(penalty)
-        gradient -= tape.gradient(penalty, x)
-        t = tf.cast(step + 1, tf.float32)
-        m = _ADAM_BETA1 * m + (1 - _ADAM_BETA1) * gradient
-        v = _ADAM_BETA2 * v + (1 - _ADAM_BETA2) * tf.square(gradient)
-        rate = step_size * tf.sqrt(1 - _ADAM_BETA2**t) / (1 - _ADAM_BETA1**t)
-        x = tf.clip_by_value(x + rate * m / (tf.sqrt(v) + _ADAM_EPSILON), -half, half)
-        return x, m, v, self._shown(x, step + 1, seed, jitter, settings)
-
-    def _rolled(self, x, shift):
-        return tf.roll(x, shift, axis=self._positions) if self._positions else x
-
-    def _shift(self, seed, step, jitter):
-        return tf.random.stateless_uniform(
-            (len(self._positions),),
-            seed=tf.stack([seed, step]),
-            minval=-jitter,
-            maxval=jitter + 1,
-            dtype=tf.int32,
-        )
+def _shift(seed: int, step: int, jitter: int, axes: int) -> tuple[int, ...]:
+    """The random shift of step `step` along each of `axes` position axes, in
+    [-jitter, jitter]: the same seed gives the same shifts."""
+    if not axes or not jitter:
+        return (0,) * axes
+    rng = np.random.default_rng([seed % 2**31, step])
+    return tuple(int(s) for s in rng.integers(-jitter, jitter + 1, axes))
 
 
-@functools.cache
-def _steps(shape: tuple) -> _Steps:
-    return _Steps(shape)
-
-
-def _total_variation(x: tf.Tensor, axes: Sequence[int]) -> tf.Tensor:
-    """Per sample: the sum over `axes` of the mean absolute difference of neighbours."""
-    total = 0.0
-    every = list(range(1, len(x.shape)))
-    for axis in axes:
-        size = x.shape[axis]
-        if size is None or size < 2:
+def _penalty_gradient(
+    x: np.ndarray, l2_weight: float, tv_weight: float, positions: tuple[int, ...]
+) -> np.ndarray:
+    """Per sample, the gradient of `l2_weight * rms(x) + tv_weight * TV(x)`, where TV sums
+    over the position axes the mean absolute difference of neighbours."""
+    axes = tuple(range(1, x.ndim))
+    size = np.prod(x.shape[1:])
+    rms = np.sqrt(np.mean(np.square(x), axis=axes, keepdims=True))
+    gradient = l2_weight * np.divide(x, size * rms, out=np.zeros_like(x), where=rms > 0)
+    for axis in positions:
+        if x.shape[axis] < 2:
             continue
-        ahead = tf.gather(x, tf.range(1, size), axis=axis)
-        behind = tf.gather(x, tf.range(0, size - 1), axis=axis)
-        total += tf.reduce_mean(tf.abs(ahead - behind), axis=every)
-    return total
+        step = np.sign(np.diff(x, axis=axis)) * (
+            tv_weight / (size / x.shape[axis] * (x.shape[axis] - 1))
+        )
+        before = [slice(None)] * x.ndim
+        after = [slice(None)] * x.ndim
+        before[axis], after[axis] = slice(None, -1), slice(1, None)
+        gradient[tuple(before)] -= step
+        gradient[tuple(after)] += step
+    return gradient
 
 
 def _checked_units(units: int | Sequence[int], count: int, layer: str | None) -> np.ndarray:
