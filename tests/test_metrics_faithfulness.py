@@ -90,6 +90,28 @@ def test_deletion_keeps_per_sample_values_and_a_curve_from_the_clean_probability
     assert entry["curve"][0] == pytest.approx(clean, rel=1e-5)
 
 
+@pytest.mark.parametrize("metric", ["deletion", "insertion"])
+def test_a_curve_passes_only_its_painted_rows_and_ends_at_the_clean_probability(
+    metric, monkeypatch
+):
+    from keraslens.attr import Scorer
+
+    model, x, region = planted(8)
+    rows = []
+    outputs = Scorer.outputs
+    monkeypatch.setattr(
+        Scorer, "outputs", lambda self, v, *a: rows.append(len(v)) or outputs(self, v, *a)
+    )
+    zero_start = {"baseline" if metric == "deletion" else "start": "zeros"}
+    entry = evaluate_one(model, x, _maps(x, region)[0], metric, steps=8, **zero_start)
+    monkeypatch.undo()
+    clean = _sigmoid(planted_logit(x, region)).mean()
+    assert entry["curve"][0 if metric == "deletion" else -1] == pytest.approx(clean, rel=1e-5)
+    zeros = _sigmoid(planted_logit(np.zeros_like(x), region)).mean()
+    assert entry["curve"][-1 if metric == "deletion" else 0] == pytest.approx(zeros, rel=1e-5)
+    assert sum(rows) == 8 * len(x)  # 9 points, the clean one without a pass
+
+
 def test_gradient_times_input_on_a_linear_model_has_mufidelity_one(rng):
     model = linear((6, 6, 2))
     x = rng.uniform(0, 1, (8, 6, 6, 2)).astype("float32")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import numpy as np
 
@@ -33,21 +34,29 @@ class Deletion(Metric):
         ),
     }
 
+    clean_row: ClassVar[int] = 0
+    """The row of the curve that is the unperturbed input, scored without a pass."""
+
     def score(self, explained: Explained) -> Score:
-        curves = self.curves(explained, explained.probability)
+        curves = self.curves(explained, explained.probability, explained.clean_probability())
         return Score(_plumbing.auc(curves), {"curve": curves.mean(axis=0).tolist()})
 
     def endpoints(self, explained: Explained) -> tuple[np.ndarray, np.ndarray]:
         """`(source, canvas)`: what is painted, position by position, over what."""
         return _plumbing.start_image(self.baseline, explained), explained.x
 
-    def curves(self, explained: Explained, score: Callable) -> np.ndarray:
-        """`(N, steps + 1)` scores as the positions are painted in order of relevance."""
+    def curves(self, explained: Explained, score: Callable, clean: np.ndarray) -> np.ndarray:
+        """`(N, steps + 1)` scores as the positions are painted in order of relevance;
+        `score` scores painted rows, `clean` is its value on the unperturbed input."""
         source, canvas = self.endpoints(explained)
         rank = _plumbing.ranks(explained.relevance)
         counts = _plumbing.step_counts(rank.shape[1], self.steps)
+        painted = np.delete(np.arange(len(counts)), self.clean_row)
 
         def build(group: slice) -> np.ndarray:
-            return _plumbing.painted(source[group], canvas[group], rank[group], counts)
+            return _plumbing.painted(source[group], canvas[group], rank[group], counts[painted])
 
-        return explained.expanded(build, len(counts), score)
+        curves = np.empty((len(rank), len(counts)), np.float32)
+        curves[:, painted] = explained.expanded(build, len(painted), score)
+        curves[:, self.clean_row] = clean
+        return curves

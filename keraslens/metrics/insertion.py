@@ -35,6 +35,8 @@ class Insertion(Deletion):
         ),
     }
 
+    clean_row = -1  # painted onto the start, the input is whole at the end
+
     def endpoints(self, explained: Explained) -> tuple[np.ndarray, np.ndarray]:
         start = self.start
         if isinstance(start, str) and start == "auto":

@@ -94,8 +94,9 @@ class Explained:
         return self.scorer.logits[np.arange(self.scorer.samples), self.targets]
 
     def clean_probability(self) -> np.ndarray:
-        """The target probability of the unperturbed samples."""
-        return self.cached("clean", lambda: self.probability(self.x))
+        """The target probability of the unperturbed samples (from the scorer's clean
+        pass: no pass of its own)."""
+        return self.scorer.probabilities[np.arange(self.scorer.samples), self.targets]
 
     def masked_probability(self) -> np.ndarray:
         """The target probability of each sample times its map scaled to [0, 1]: the

@@ -28,6 +28,6 @@ class PixelFlipping(Deletion):
     options = {**Deletion.options, "steps": Option(int, 32, "Flips after the first.", min=1)}
 
     def score(self, explained: Explained) -> Score:
-        curves = self.curves(explained, explained.scorer.score)
+        curves = self.curves(explained, explained.scorer.score, explained.clean_logit())
         aopc = np.mean(curves[:, :1] - curves, axis=1)
         return Score(aopc, {"curve": curves.mean(axis=0).tolist()})
