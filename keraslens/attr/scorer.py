@@ -118,14 +118,18 @@ class Scorer:
     def _clean(self, gradients: bool) -> list[np.ndarray]:
         """The graph's outputs on the clean samples (a zero shift): the logits, and the
         explained layer's values when shifted. With `gradients`, read off the gradient
-        pass (at class 0), whose trace the caller needs anyway."""
+        pass, whose trace the caller needs anyway: with zero cotangents, differentiated
+        with respect to the last watched feed (a layer's shift, when the graph has one, so
+        that the backward pass runs through the layers after it only)."""
         graph, weights = self.graph, self._weights
+        cheapest = graph.compiled.watched[-1]
         parts = []
         for start in range(0, self.samples, self.batch_size):
             owners = np.arange(start, min(start + self.batch_size, self.samples))
             feeds = self._feeds(owners)
             if gradients:
-                outputs = graph.gradient(feeds, np.zeros(len(owners), np.int32), weights)[1]
+                zeros = [np.zeros((len(owners), w), np.float32) for w in graph.compiled.widths]
+                outputs = graph.unit_gradient(feeds, zeros, weights, cheapest)[1]
             else:
                 outputs = graph.outputs(feeds, weights)
             parts.append([np.asarray(o) for o in outputs])
