@@ -241,6 +241,10 @@ def per_site(
 def by_unit(tensor: tf.Tensor) -> tf.Tensor:
     """A layer output as float32 `(samples, positions, units)`."""
     values = tf.cast(tensor, tf.float32)
+    inner = tensor.shape[1:-1]
+    if inner.is_fully_defined():
+        # A constant shape: one op, not four, in a step that has one per layer.
+        return tf.reshape(values, [-1, inner.num_elements(), int(tensor.shape[-1])])
     return tf.reshape(values, [tf.shape(values)[0], -1, int(tensor.shape[-1])])
 
 

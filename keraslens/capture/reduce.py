@@ -62,11 +62,12 @@ def batch_summary(
         _kernel.summarize(batch, samples, positions, units, around, *flags, moments, hist, threads)
         return moments, around.astype(np.float64), hist
 
-    start = shift if given else tf.zeros([units], tf.float32)
+    start = shift if given else np.zeros([units], np.float32)
     limit = -1 if histogram_samples is None else histogram_samples
+    limit = tf.cast(limit, tf.int64) if tf.is_tensor(limit) else np.int64(limit)
     moments, used, hist = tf.numpy_function(
         run,
-        [values, start, tf.cast(limit, tf.int64)],
+        [values, start, limit],
         [tf.float64, tf.float64, tf.int64],
         stateful=False,
     )
