@@ -4,8 +4,7 @@ All the chosen units are optimised together, one input each in one batch. Each s
 call of the score graph's compiled gradient (`keraslens.attr.graph`), the one the heatmaps
 use: the objective is linear in the graph's outputs (a class's logit, a unit's mean
 activation), so one-hot cotangents on them give its gradient, and a report traces the
-model once for both. Jitter, the penalties and Adam are a small compiled function of their
-own around it.
+model once for both. Jitter, the penalties and Adam are a few NumPy operations around it.
 """
 
 from __future__ import annotations
