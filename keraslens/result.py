@@ -122,17 +122,20 @@ class AnalysisResult:
             full: keep every layer's capture histogram and per-unit arrays; by default
                 only layers of at most `FULL_UNITS` units keep their per-unit arrays.
         """
-        return to_jsonable(
+        twin = to_jsonable(
             {
                 "meta": self.meta,
                 "status": self.status,
                 "counts": self.counts,
                 "findings": [f.to_dict() for f in self.findings],
                 "plugins": {name: run.to_dict() for name, run in self.plugins.items()},
-                "layers": {key: _layer_entry(s, full) for key, s in self.stats.items()},
-                **self.extra_dict(),
             }
         )
+        # Already JSON-safe (`LayerStats.to_dict`), and millions of values on a large
+        # model: not walked a second time.
+        twin["layers"] = {key: _layer_entry(s, full) for key, s in self.stats.items()}
+        twin.update(to_jsonable(self.extra_dict()))
+        return twin
 
     def extra_dict(self) -> dict[str, Any]:
         """JSON-safe additional sections."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import re
 
 import keras
@@ -21,6 +23,7 @@ from test_report_fixtures import (
 
 import keraslens
 from keraslens.callback import LensCallback
+from keraslens.jsonable import to_jsonable
 from keraslens.plugin import Plugin, PluginResult
 from keraslens.report import render_html
 
@@ -201,3 +204,27 @@ def test_report_without_stats_or_findings_says_so(monkeypatch):
         keraslens.analyze(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]), tiny_data())
     )
     assert 'Verdict: <span class="status">PASS' in html and "No findings" in html
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        np.array([[1.5, np.nan], [np.inf, -np.inf]], np.float32),
+        np.array([0.25, 2.0]),
+        np.arange(6).reshape(2, 3),
+        np.array([True, False]),
+        np.array(["a", "b"]),
+        np.zeros((0, 2), np.float32),
+    ],
+)
+def test_arrays_become_the_same_json_as_element_by_element(value):
+    # Oracle: each element converted on its own (NaN and Inf as None, as JSON has none).
+    def one(v):
+        if isinstance(v, list):
+            return [one(x) for x in v]
+        if isinstance(v, float):
+            return v if math.isfinite(v) else None
+        return v
+
+    assert to_jsonable(value) == one(value.tolist())
+    json.dumps(to_jsonable(value), allow_nan=False)
