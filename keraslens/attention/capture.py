@@ -149,10 +149,8 @@ class AttentionCapture:
         """
         specs, arrays = model_inputs(self.model, x)
         graph = score_graph(self.model, specs, 0, output=output)
-        feeds = [tf.convert_to_tensor(a) for a in arrays]
-        if graph.shift_shape is not None:  # a token model: its graph takes an embedding shift
-            shift = (len(arrays[0]), *graph.shift_shape)
-            feeds.append(tf.zeros(shift, graph.feed_specs[-1].dtype))
+        # A token model's graph also takes an embedding shift: zero.
+        feeds = [tf.convert_to_tensor(a) for a in [*arrays, *graph.zero_shift(len(arrays[0]))]]
         chosen = as_targets(targets, len(arrays[0]), graph.classes)
         if chosen is None:
             chosen = np.asarray(graph.outputs(feeds, graph.weights())[0]).argmax(axis=1)

@@ -232,6 +232,14 @@ class ScoreGraph:
         """Batch-agnostic signatures of the feeds."""
         return self.compiled.feed_specs
 
+    def zero_shift(self, count: int) -> list[np.ndarray]:
+        """The feeds after the model's inputs for `count` unshifted samples: a zero shift
+        when the graph has one, else none."""
+        if self.shift_shape is None:
+            return []
+        dtype = self.feed_specs[-1].dtype.as_numpy_dtype
+        return [np.zeros((count, *self.shift_shape), dtype)]
+
     def weights(self, override: Weights | None = None) -> list[tf.Tensor]:
         """The weights to pass to `outputs` and `gradient` (`CompiledGraph.weights`)."""
         return self.compiled.weights(override)

@@ -142,13 +142,9 @@ class Scorer:
         feeds = [x[owners] for x in self._inputs]
         if rows is not None and not graph.shifted:
             feeds[graph.explained] = rows
-        if graph.shift_shape is not None:
-            if rows is not None and graph.shifted:
-                feeds.append(rows - self._base[owners])
-            else:
-                dtype = graph.feed_specs[-1].dtype.as_numpy_dtype
-                feeds.append(np.zeros((len(owners), *graph.shift_shape), dtype))
-        return feeds
+        if rows is not None and graph.shifted:
+            return [*feeds, rows - self._base[owners]]
+        return [*feeds, *graph.zero_shift(len(owners))]
 
     def _of_targets(self, columns: np.ndarray, repeat: int, first: int) -> np.ndarray:
         """Each row's value in its sample's target column."""

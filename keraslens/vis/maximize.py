@@ -72,10 +72,11 @@ def class_and_unit_activations(
     x = np.asarray(x, dtype=np.float32)
     graph = _graph(model, layer, input_shape_of(model, x), output)
     weights = graph.weights()
-    parts = [
-        [np.asarray(unit_values(o)) for o in graph.outputs(_feeds(graph, chunk), weights)]
-        for chunk in (x[start : start + batch_size] for start in range(0, len(x), batch_size))
-    ]
+    parts = []
+    for start in range(0, len(x), batch_size):
+        chunk = x[start : start + batch_size]
+        outputs = graph.outputs([chunk, *graph.zero_shift(len(chunk))], weights)
+        parts.append([np.asarray(unit_values(o)) for o in outputs])
     columns = [np.concatenate(column) for column in zip(*parts, strict=True)]
     return columns[0], (columns[1] if layer else None)
 
@@ -222,7 +223,7 @@ def _ascend(
     middle = np.float32((low + high) / 2)
     weights = graph.weights()
     cotangents = [tf.constant(c) for c in cotangents]
-    spare = _feeds(graph, start)[1:]  # a zero shift, when the graph has one
+    spare = graph.zero_shift(len(start))
     positions = tuple(range(1, len(shape)))  # the axes between batch and channels
     x = start.astype(np.float32)
     m, v = np.zeros_like(x), np.zeros_like(x)
@@ -242,7 +243,7 @@ def _ascend(
         x = np.clip(x + rate * m / (np.sqrt(v) + _ADAM_EPSILON), -span / 2, span / 2)
         x = x.astype(np.float32)
     inputs = x + middle
-    _, outputs = graph.unit_gradient(_feeds(graph, inputs), cotangents, weights, 0)
+    _, outputs = graph.unit_gradient([inputs, *spare], cotangents, weights, 0)
     values = [np.asarray(unit_values(o)) for o in outputs]
     reached = np.array(
         [values[index][row, unit] for row, index, unit in zip(rows, owner, flat, strict=True)]
@@ -263,13 +264,6 @@ def _graph(model: keras.Model, layer: str | None, shape: tuple, output) -> Score
     specs, _ = model_inputs(model, np.zeros((1, *shape), np.float32))
     at = layer or last_spatial_layer(model, shape)
     return score_graph(model, specs, 0, output=output, layer=at)
-
-
-def _feeds(graph: ScoreGraph, x) -> list:
-    """The graph's feeds for inputs `x`: a zero shift when it has one."""
-    if graph.shift_shape is None:
-        return [x]
-    return [x, tf.zeros((len(x), *graph.shift_shape))]
 
 
 def _shift(seed: int, step: int, jitter: int, axes: int) -> tuple[int, ...]:
